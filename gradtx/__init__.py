@@ -1,31 +1,128 @@
-"""gradtx: composable JAX gradient transformations."""
+"""gradtx: composable JAX gradient transformations.
 
+Every classic optimisation idea — EWA, bias correction, momentum, RMS scaling,
+Adam, learning-rate decay — is a small, pure `GradientTransformation`; the
+optimisers are short chains of them. Structurally compatible with optax.
+"""
+
+from gradtx.adam import (
+    ScaleByAdamState,
+    ScaleByAmsgradState,
+    scale_by_adam,
+    scale_by_adam_composed,
+    scale_by_amsgrad,
+)
 from gradtx.base import (
     EmptyState,
     GradientTransformation,
     OptState,
     Params,
     PyTree,
-    Schedule,
     ScalarOrSchedule,
+    Schedule,
     Updates,
     apply_updates,
     identity,
     stateless,
     stateless_with_tree_map,
 )
+from gradtx.clipping import clip, clip_by_global_norm, global_norm
+from gradtx.combine import (
+    DivideState,
+    MaskedNode,
+    MaskedState,
+    PartitionState,
+    chain,
+    divide,
+    masked,
+    multi_transform,
+    named_chain,
+    partition,
+)
+from gradtx.elementwise import add_constant, sqrt, square
+from gradtx.ewa import BiasCorrectionState, EmaState, bias_correction, ema
+from gradtx.momentum import TraceState, trace
+from gradtx.optimizers import (
+    adagrad,
+    adam,
+    adamw,
+    amsgrad,
+    momentum_ewa,
+    nadam,
+    rmsprop,
+    sgd,
+)
+from gradtx.rms import (
+    ScaleByRmsState,
+    ScaleByRssState,
+    ScaleByStddevState,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
+)
+from gradtx.scale import ScaleByScheduleState, scale, scale_by_learning_rate, scale_by_schedule
+from gradtx.weight_decay import AddDecayedWeightsState, add_decayed_weights
+
+__version__ = "0.1.0"
 
 __all__ = [
+    "AddDecayedWeightsState",
+    "BiasCorrectionState",
+    "DivideState",
+    "EmaState",
     "EmptyState",
     "GradientTransformation",
+    "MaskedNode",
+    "MaskedState",
     "OptState",
     "Params",
+    "PartitionState",
     "PyTree",
     "ScalarOrSchedule",
+    "ScaleByAdamState",
+    "ScaleByAmsgradState",
+    "ScaleByRmsState",
+    "ScaleByRssState",
+    "ScaleByScheduleState",
+    "ScaleByStddevState",
     "Schedule",
+    "TraceState",
     "Updates",
+    "adagrad",
+    "adam",
+    "adamw",
+    "add_constant",
+    "add_decayed_weights",
+    "amsgrad",
     "apply_updates",
+    "bias_correction",
+    "chain",
+    "clip",
+    "clip_by_global_norm",
+    "divide",
+    "ema",
+    "global_norm",
     "identity",
+    "masked",
+    "momentum_ewa",
+    "multi_transform",
+    "nadam",
+    "named_chain",
+    "partition",
+    "rmsprop",
+    "scale",
+    "scale_by_adam",
+    "scale_by_adam_composed",
+    "scale_by_amsgrad",
+    "scale_by_learning_rate",
+    "scale_by_rms",
+    "scale_by_rss",
+    "scale_by_schedule",
+    "scale_by_stddev",
+    "sgd",
+    "sqrt",
+    "square",
     "stateless",
     "stateless_with_tree_map",
+    "trace",
 ]

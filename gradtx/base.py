@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Int
 
 PyTree = Any
@@ -200,7 +201,7 @@ def is_concrete(value: Any) -> bool:
 
 def _as_float(fn: str, name: str, value: Any) -> float | None:
     """The float value of a scalar hyper-parameter, or None when traced."""
-    if isinstance(value, bool) or isinstance(value, (str, bytes)) or value is None:
+    if isinstance(value, (bool, str, bytes)) or value is None:
         raise TypeError(f"{fn}: {name} must be a real number, got {value!r}")
     if not is_concrete(value):
         return None
@@ -249,8 +250,17 @@ def check_range(
 
 
 def check_decay(fn: str, name: str, value: Any) -> None:
-    """A decay rate $\\beta$ must lie in $[0, 1)$."""
+    """A decay rate $\\beta$ must lie in $[0, 1)$, also once rounded to float32.
+
+    A $\\beta$ that rounds to 1.0 in float32 would make $1 - \\beta^t$ zero and
+    bias correction infinite, so it is refused here rather than clamped later.
+    """
     check_range(fn, name, value, 0.0, 1.0, high_open=True)
+    x = _as_float(fn, name, value)
+    if x is not None and float(np.float32(x)) >= 1.0:
+        raise ValueError(
+            f"{fn}: {name} must be in [0, 1), got {value!r}, which rounds to 1.0 in float32"
+        )
 
 
 def check_non_negative(fn: str, name: str, value: Any) -> None:
@@ -320,7 +330,9 @@ def check_tree_match(
                 )
         if len(u_paths) != len(r_paths):
             longer, name, other = (
-                (u_paths, what, ref_name) if len(u_paths) > len(r_paths) else (r_paths, ref_name, what)
+                (u_paths, what, ref_name)
+                if len(u_paths) > len(r_paths)
+                else (r_paths, ref_name, what)
             )
             extra = longer[min(len(u_paths), len(r_paths))]
             raise ValueError(
@@ -332,9 +344,7 @@ def check_tree_match(
         u_shape, r_shape = jnp.shape(u), jnp.shape(r)
         if u_shape != r_shape:
             key = jax.tree_util.keystr(path)
-            raise ValueError(
-                f"{fn}: {what}{key} has shape {u_shape}, {ref_name} has {r_shape}"
-            )
+            raise ValueError(f"{fn}: {what}{key} has shape {u_shape}, {ref_name} has {r_shape}")
 
 
 def safe_increment(count: Int[Array, ""]) -> Int[Array, ""]:
@@ -351,3 +361,27 @@ def zero_count() -> Int[Array, ""]:
 def evaluate(value: ScalarOrSchedule, count: Int[Array, ""]) -> ArrayLike:
     """A hyper-parameter's value at step `count`: call it if it is a schedule."""
     return value(count) if callable(value) else value
+
+
+def scale_leaf(u: Array, s: ArrayLike) -> Array:
+    """`u * s` computed in at least float32 and returned in `u`'s dtype.
+
+    A bfloat16 update times a float32 factor keeps the factor's precision for
+    the product; under `jit` the casts fuse into the multiply.
+    """
+    u = jnp.asarray(u)
+    dtype = jnp.promote_types(u.dtype, jnp.float32)
+    return (u.astype(dtype) * jnp.asarray(s).astype(dtype)).astype(u.dtype)
+
+
+def tree_map_multi(fn: Callable[..., tuple], num_outputs: int, tree: PyTree, *rest: PyTree):
+    """Maps `fn` over leaves and returns `num_outputs` trees, one per output of `fn`.
+
+    Lets a fused update compute the emitted update and the new moments of a
+    leaf in one function, as the math reads, instead of one tree walk each.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    rest_leaves = [treedef.flatten_up_to(r) for r in rest]
+    outs = [fn(*xs) for xs in zip(leaves, *rest_leaves)]
+    columns = list(zip(*outs)) if outs else [()] * num_outputs
+    return tuple(treedef.unflatten(list(col)) for col in columns)

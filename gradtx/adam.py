@@ -1,0 +1,236 @@
+r"""Adam (IDEAS §6): momentum combined with RMSprop, with bias correction."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+from jaxtyping import Array, Int
+
+from gradtx import base
+from gradtx.base import GradientTransformation, PyTree
+from gradtx.ewa import debias_factor, zeros_like_tree
+
+
+class ScaleByAdamState(NamedTuple):
+    count: Int[Array, ""]  # steps taken
+    mu: PyTree  # first moment, in `mu_dtype`
+    nu: PyTree  # second moment, in `nu_dtype`
+
+
+class ScaleByAmsgradState(NamedTuple):
+    count: Int[Array, ""]
+    mu: PyTree
+    nu: PyTree
+    nu_max: PyTree  # running maximum of the debiased second moment
+
+
+def _check_adam_args(fn: str, b1, b2, eps, eps_root) -> None:
+    base.check_decay(fn, "b1", b1)
+    base.check_decay(fn, "b2", b2)
+    base.check_non_negative(fn, "eps", eps)
+    base.check_non_negative(fn, "eps_root", eps_root)
+
+
+def _compute_dtype(*leaves: Array) -> Any:
+    """The dtype the fused math runs in: at least float32, wider if any input is."""
+    return jnp.result_type(jnp.float32, *(x.dtype for x in leaves))
+
+
+def scale_by_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+    *,
+    nesterov: bool = False,
+) -> GradientTransformation:
+    r"""Adam's scaling, fused: momentum over RMS scaling, both bias-corrected.
+
+    $$m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+      v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,$$
+    $$\hat m_t = \frac{m_t}{1-\beta_1^t}, \qquad \hat v_t = \frac{v_t}{1-\beta_2^t}, \qquad
+      u_t = \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}.$$
+
+    With `nesterov=True` (NAdam), $\hat m_t$ is replaced by
+    $\beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)$.
+
+    This is exactly `scale_by_adam_composed`, which builds the same update
+    from `ema`, `bias_correction` and element-wise pieces; here it is one
+    function per leaf, computed in float32 (or wider) whatever the storage
+    dtypes. Emits $u_t$ in the updates' dtype; stores $t$, $m_t$, $v_t$.
+
+    Args:
+        b1: $\beta_1$, the momentum EWA's decay, in $[0, 1)$.
+        b2: $\beta_2$, the RMS EWA's decay, in $[0, 1)$.
+        eps: $\epsilon \geq 0$, added outside the root.
+        eps_root: $\epsilon_{root} \geq 0$, added inside the root (useful when
+            differentiating through the update).
+        mu_dtype: storage dtype of $m$; None keeps each parameter's dtype.
+        nu_dtype: storage dtype of $v$ (gradtx only; optax stores $v$ in the
+            params' dtype). Large models keep bfloat16 $m$ and float32 $v$.
+        nesterov: use Nesterov's look-ahead momentum (NAdam).
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByAdamState(count, mu, nu)`.
+
+    Raises:
+        ValueError: for decays outside $[0, 1)$ or negative `eps`/`eps_root`.
+    """
+    fn = "scale_by_adam"
+    _check_adam_args(fn, b1, b2, eps, eps_root)
+    base.check_bool(fn, "nesterov", nesterov)
+    mu_dt = base.canonicalize_dtype(fn, "mu_dtype", mu_dtype)
+    nu_dt = base.canonicalize_dtype(fn, "nu_dtype", nu_dtype)
+
+    def init(params):
+        return ScaleByAdamState(
+            base.zero_count(), zeros_like_tree(params, mu_dt), zeros_like_tree(params, nu_dt)
+        )
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        base.check_tree_match(fn, updates, state.mu)
+        count = base.safe_increment(state.count)
+        c1 = debias_factor(b1, count)
+        c2 = debias_factor(b2, count)
+        c1_next = debias_factor(b1, base.safe_increment(count)) if nesterov else None
+
+        def leaf(g, m, v):
+            dtype = _compute_dtype(g, m, v)
+            x = g.astype(dtype)
+            m_new = b1 * m.astype(dtype) + (1 - b1) * x
+            v_new = b2 * v.astype(dtype) + (1 - b2) * (x * x)
+            if nesterov:
+                m_hat = b1 * (m_new * c1_next.astype(dtype)) + (1 - b1) * (x * c1.astype(dtype))
+            else:
+                m_hat = m_new * c1.astype(dtype)
+            v_hat = v_new * c2.astype(dtype)
+            u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
+            return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
+
+        out, mu, nu = base.tree_map_multi(leaf, 3, updates, state.mu, state.nu)
+        return out, ScaleByAdamState(count, mu, nu)
+
+    return base.transformation(
+        fn,
+        init,
+        update,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dt,
+        nu_dtype=nu_dt,
+        nesterov=nesterov,
+    )
+
+
+def scale_by_adam_composed(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> GradientTransformation:
+    r"""Adam written literally as "momentum over RMSprop", from the library's pieces.
+
+    ```python
+    divide(
+        chain(ema(b1), bias_correction(b1)),                       # m̂: momentum
+        chain(square(), ema(b2), bias_correction(b2),              # v̂: RMS
+              add_constant(eps_root), sqrt(), add_constant(eps)),
+    )
+    ```
+
+    Both branches see the same updates; the result is
+    $\hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)$, equal to
+    `scale_by_adam` to float32 round-off and as fast once jitted.
+
+    Args: as `scale_by_adam` (without `nesterov`).
+
+    Returns:
+        A `GradientTransformation` with state `DivideState(numerator, denominator)`.
+    """
+    from gradtx.combine import chain, divide
+    from gradtx.elementwise import add_constant, sqrt, square
+    from gradtx.ewa import bias_correction, ema
+
+    _check_adam_args("scale_by_adam_composed", b1, b2, eps, eps_root)
+    return divide(
+        chain(ema(b1, accumulator_dtype=mu_dtype), bias_correction(b1)),
+        chain(
+            square(),
+            ema(b2, accumulator_dtype=nu_dtype),
+            bias_correction(b2),
+            add_constant(eps_root),
+            sqrt(),
+            add_constant(eps),
+        ),
+    )
+
+
+def scale_by_amsgrad(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+) -> GradientTransformation:
+    r"""AMSGrad: Adam whose denominator never shrinks.
+
+    $$\hat v^{max}_t = \max(\hat v^{max}_{t-1}, \hat v_t), \qquad
+      u_t = \frac{\hat m_t}{\sqrt{\hat v^{max}_t + \epsilon_{root}} + \epsilon}$$
+
+    with $\hat m_t$, $\hat v_t$ as in `scale_by_adam`. Emits $u_t$; stores $t$,
+    $m_t$, $v_t$ and $\hat v^{max}_t$.
+
+    Args: as `scale_by_adam`.
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByAmsgradState(count, mu, nu, nu_max)`.
+    """
+    fn = "scale_by_amsgrad"
+    _check_adam_args(fn, b1, b2, eps, eps_root)
+    mu_dt = base.canonicalize_dtype(fn, "mu_dtype", mu_dtype)
+
+    def init(params):
+        return ScaleByAmsgradState(
+            base.zero_count(),
+            zeros_like_tree(params, mu_dt),
+            zeros_like_tree(params),
+            zeros_like_tree(params),
+        )
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        base.check_tree_match(fn, updates, state.mu)
+        count = base.safe_increment(state.count)
+        c1 = debias_factor(b1, count)
+        c2 = debias_factor(b2, count)
+
+        def leaf(g, m, v, v_max):
+            dtype = _compute_dtype(g, m, v, v_max)
+            x = g.astype(dtype)
+            m_new = b1 * m.astype(dtype) + (1 - b1) * x
+            v_new = b2 * v.astype(dtype) + (1 - b2) * (x * x)
+            v_max_new = jnp.maximum(v_max.astype(dtype), v_new * c2.astype(dtype))
+            u = m_new * c1.astype(dtype) / (jnp.sqrt(v_max_new + eps_root) + eps)
+            return (
+                u.astype(g.dtype),
+                m_new.astype(m.dtype),
+                v_new.astype(v.dtype),
+                v_max_new.astype(v_max.dtype),
+            )
+
+        out, mu, nu, nu_max = base.tree_map_multi(
+            leaf, 4, updates, state.mu, state.nu, state.nu_max
+        )
+        return out, ScaleByAmsgradState(count, mu, nu, nu_max)
+
+    return base.transformation(
+        fn, init, update, b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dt
+    )

@@ -1,0 +1,70 @@
+r"""Clipping: bound each update coordinate, or the update's global norm."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from gradtx import base
+from gradtx.base import EmptyState, GradientTransformation, PyTree
+
+
+def global_norm(tree: PyTree) -> Float[Array, ""]:
+    r"""$\lVert g \rVert = \sqrt{\sum_i g_i^2}$ over every leaf, accumulated in float32 or wider."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.zeros([], jnp.float32)
+    dtype = jnp.result_type(jnp.float32, *(jnp.result_type(x) for x in leaves))
+    return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(x).astype(dtype))) for x in leaves))
+
+
+def _stateless(name: str, f, **hparams) -> GradientTransformation:
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return f(updates), state
+
+    return base.transformation(name, init, update, **hparams)
+
+
+def clip(max_delta: float) -> GradientTransformation:
+    r"""Clips every coordinate to $[-\delta, \delta]$: $u_i = \min(\max(g_i, -\delta), \delta)$.
+
+    Args:
+        max_delta: $\delta \geq 0$.
+    """
+    base.check_non_negative("clip", "max_delta", max_delta)
+    return _stateless(
+        "clip",
+        lambda updates: jax.tree.map(
+            lambda g: jnp.clip(
+                g, -jnp.asarray(max_delta, g.dtype), jnp.asarray(max_delta, g.dtype)
+            ),
+            updates,
+        ),
+        max_delta=max_delta,
+    )
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    r"""Rescales the whole update so its global norm is at most $c$.
+
+    $$u = g \cdot \frac{c}{\max(\lVert g \rVert, c)}$$
+
+    The direction is kept; only steps longer than $c$ are shortened.
+
+    Args:
+        max_norm: $c > 0$.
+    """
+    base.check_positive("clip_by_global_norm", "max_norm", max_norm)
+
+    def f(updates):
+        norm = global_norm(updates)
+        factor = jnp.where(norm <= max_norm, 1.0, max_norm / jnp.maximum(norm, max_norm))
+        return jax.tree.map(lambda g: base.scale_leaf(g, factor), updates)
+
+    return _stateless("clip_by_global_norm", f, max_norm=max_norm)

@@ -1,0 +1,282 @@
+r"""Combinators: build optimisers out of pieces.
+
+* `chain(a, b, ...)`: $u = (b \circ a)(g)$, each piece with its own state.
+* `named_chain(("name", a), ...)`: the same, with the states in a dict.
+* `divide(num, den)`: two branches fed the same updates, $u = num(g) / den(g)$.
+* `masked(inner, mask)`: `inner` on the masked-in leaves, the rest untouched.
+* `partition(transforms, param_labels)`: a different transformation per label.
+
+Any object with `init` and `update` works as a piece, optax's included; extra
+keyword arguments of `update` reach the pieces whose `update` accepts them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+
+from gradtx import base
+from gradtx.base import GradientTransformation, PyTree
+
+
+def _accepts_extra_args(update: Callable) -> bool:
+    try:
+        params = inspect.signature(update).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _checked(fn: str, where: str, tx: Any) -> GradientTransformation:
+    """`tx` as a GradientTransformation whose update takes **extra_args."""
+    init, update = getattr(tx, "init", None), getattr(tx, "update", None)
+    if not (callable(init) and callable(update)):
+        raise TypeError(
+            f"{fn}: {where} must be a gradient transformation (an object with init and "
+            f"update), got {type(tx).__name__}"
+        )
+    if _accepts_extra_args(update):
+        return (
+            tx if isinstance(tx, GradientTransformation) else GradientTransformation(init, update)
+        )
+
+    def update_dropping_extras(updates, state, params=None, **extra_args):
+        del extra_args
+        return update(updates, state, params)
+
+    update_dropping_extras.__gradtx_describe__ = lambda: repr(tx)  # type: ignore[attr-defined]
+    return GradientTransformation(init, update_dropping_extras)
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    r"""Applies the transformations one after the other: $u = t_n(\dots t_1(g))$.
+
+    The state is the tuple of the pieces' states, in order. `chain()` is the
+    identity, and `chain(t)` acts exactly as `t` (with its state in a 1-tuple).
+
+    Args:
+        *transforms: gradtx or optax transformations.
+
+    Returns:
+        A `GradientTransformation` with a tuple of states.
+    """
+    txs = tuple(_checked("chain", f"argument {i}", t) for i, t in enumerate(transforms))
+
+    def init(params):
+        return tuple(t.init(params) for t in txs)
+
+    def update(updates, state, params=None, **extra_args):
+        if len(state) != len(txs):
+            raise ValueError(
+                f"chain: state has {len(state)} entries for {len(txs)} transformations; "
+                "was it built by a different optimiser?"
+            )
+        new_state = []
+        for t, s in zip(txs, state):
+            updates, s = t.update(updates, s, params, **extra_args)
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    return base.transformation("chain", init, update, *txs)
+
+
+def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:
+    """`chain` whose state is a dict `{name: state}`, so pieces can be found by name.
+
+    Args:
+        *transforms: `(name, transformation)` pairs with distinct string names.
+    """
+    names = []
+    for i, pair in enumerate(transforms):
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise TypeError(
+                f"named_chain: argument {i} must be a (name, transformation) pair, got {pair!r}"
+            )
+        if pair[0] in names:
+            raise ValueError(f"named_chain: name {pair[0]!r} is used twice")
+        names.append(pair[0])
+    txs = {name: _checked("named_chain", f"transformation {name!r}", t) for name, t in transforms}
+
+    def init(params):
+        return {name: t.init(params) for name, t in txs.items()}
+
+    def update(updates, state, params=None, **extra_args):
+        new_state = {}
+        for name, t in txs.items():
+            updates, new_state[name] = t.update(updates, state[name], params, **extra_args)
+        return updates, new_state
+
+    described = [_Named(n, t) for n, t in txs.items()]
+    return base.transformation("named_chain", init, update, *described)
+
+
+class _Named(NamedTuple):
+    name: str
+    tx: GradientTransformation
+
+    def __repr__(self) -> str:
+        return f"({self.name!r}, {self.tx!r})"
+
+
+class DivideState(NamedTuple):
+    numerator: PyTree
+    denominator: PyTree
+
+
+def divide(numerator: GradientTransformation, denominator: GradientTransformation):
+    r"""Two branches fed the same updates, divided leaf by leaf: $u = N(g) / D(g)$.
+
+    This is how a scaled method reads: Adam is
+    `divide(chain(ema(b1), bias_correction(b1)), chain(square(), ema(b2), ...))`
+    (see `scale_by_adam_composed`). The denominator branch must end strictly
+    positive (add an $\epsilon$); the quotient keeps the numerator's dtype.
+
+    Args:
+        numerator: the transformation giving $N(g)$.
+        denominator: the transformation giving $D(g)$.
+
+    Returns:
+        A `GradientTransformation` with state `DivideState(numerator, denominator)`.
+    """
+    num = _checked("divide", "numerator", numerator)
+    den = _checked("divide", "denominator", denominator)
+
+    def init(params):
+        return DivideState(num.init(params), den.init(params))
+
+    def update(updates, state, params=None, **extra_args):
+        n, n_state = num.update(updates, state.numerator, params, **extra_args)
+        d, d_state = den.update(updates, state.denominator, params, **extra_args)
+        out = jax.tree.map(lambda a, b: (a / b.astype(a.dtype)).astype(a.dtype), n, d)
+        return out, DivideState(n_state, d_state)
+
+    return base.transformation("divide", init, update, num, den)
+
+
+# ----------------------------------------------------------------------------
+# Masks.
+
+
+class MaskedNode(NamedTuple):
+    """Stands in for a leaf (or subtree) that a mask leaves out: an empty pytree."""
+
+
+class MaskedState(NamedTuple):
+    inner_state: PyTree
+
+
+def _resolve_mask(fn: str, mask: Any, tree: PyTree) -> PyTree:
+    mask_tree = mask(tree) if callable(mask) else mask
+    for path, m in jax.tree_util.tree_flatten_with_path(mask_tree)[0]:
+        if not isinstance(m, bool):
+            raise TypeError(
+                f"{fn}: mask{jax.tree_util.keystr(path)} must be a Python bool, got {m!r} "
+                "(a mask is static: it cannot be a traced array)"
+            )
+    return mask_tree
+
+
+def _apply_mask(fn: str, mask_tree: PyTree, tree: PyTree) -> PyTree:
+    try:
+        return jax.tree.map(lambda m, t: t if m else MaskedNode(), mask_tree, tree)
+    except ValueError as err:
+        raise ValueError(
+            f"{fn}: the mask's tree must match the params' tree or be a prefix of it: {err}"
+        ) from err
+
+
+def masked(inner: GradientTransformation, mask: PyTree | Callable[[PyTree], PyTree]):
+    r"""Applies `inner` only where `mask` is True; other leaves pass through unchanged.
+
+    $$u_i = \begin{cases} \text{inner}(g)_i & \text{mask}_i \\ g_i & \text{otherwise}\end{cases}$$
+
+    `inner` sees (and keeps state for) the masked-in leaves only.
+
+    Args:
+        inner: the transformation to apply.
+        mask: a tree of Python bools with the params' structure (or a prefix of
+            it), or a function `params -> mask` (called on the updates in
+            `update`, so it must depend on structure and shapes only).
+
+    Returns:
+        A `GradientTransformation` with state `MaskedState(inner_state)`.
+    """
+    tx = _checked("masked", "inner", inner)
+
+    def init(params):
+        mask_tree = _resolve_mask("masked", mask, params)
+        return MaskedState(tx.init(_apply_mask("masked", mask_tree, params)))
+
+    def update(updates, state, params=None, **extra_args):
+        mask_tree = _resolve_mask("masked", mask, updates)
+        masked_updates = _apply_mask("masked", mask_tree, updates)
+        masked_params = None if params is None else _apply_mask("masked", mask_tree, params)
+        new, inner_state = tx.update(masked_updates, state.inner_state, masked_params, **extra_args)
+        out = jax.tree.map(lambda m, n, g: n if m else g, mask_tree, new, updates)
+        return out, MaskedState(inner_state)
+
+    return base.transformation("masked", init, update, tx, mask=mask)
+
+
+class PartitionState(NamedTuple):
+    inner_states: dict  # label -> MaskedState
+
+
+def partition(
+    transforms: Mapping[Hashable, GradientTransformation],
+    param_labels: PyTree | Callable[[PyTree], PyTree],
+) -> GradientTransformation:
+    r"""A different transformation for each group of parameters.
+
+    $u_i = T_{\ell(i)}(g)_i$, where $\ell(i)$ is leaf $i$'s label. Each
+    transformation sees only its own leaves.
+
+    Args:
+        transforms: `{label: transformation}`.
+        param_labels: a tree of labels with the params' structure (or a prefix),
+            or a function `params -> labels`.
+
+    Raises:
+        ValueError: when a label has no transformation.
+    """
+    if not isinstance(transforms, Mapping) or not transforms:
+        raise TypeError(
+            f"partition: transforms must be a non-empty mapping label -> transformation, "
+            f"got {transforms!r}"
+        )
+    txs = {k: _checked("partition", f"transforms[{k!r}]", t) for k, t in transforms.items()}
+
+    def labels_of(tree):
+        labels = param_labels(tree) if callable(param_labels) else param_labels
+        used = set(jax.tree.leaves(labels))
+        missing = used - set(txs)
+        if missing:
+            raise ValueError(
+                f"partition: labels {sorted(map(repr, missing))} in param_labels have no "
+                f"transformation; transforms has {sorted(map(repr, txs))}"
+            )
+        return labels
+
+    def masks(labels):
+        return {k: jax.tree.map(lambda lab, k=k: lab == k, labels) for k in txs}
+
+    def init(params):
+        ms = masks(labels_of(params))
+        return PartitionState({k: masked(t, ms[k]).init(params) for k, t in txs.items()})
+
+    def update(updates, state, params=None, **extra_args):
+        ms = masks(labels_of(updates))
+        new_states = {}
+        for k, t in txs.items():
+            updates, new_states[k] = masked(t, ms[k]).update(
+                updates, state.inner_states[k], params, **extra_args
+            )
+        return updates, PartitionState(new_states)
+
+    return base.transformation("partition", init, update, txs, param_labels=param_labels)
+
+
+multi_transform = partition

@@ -1,0 +1,130 @@
+r"""Exponentially weighted averages (IDEAS §2) and bias correction (IDEAS §3)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Int
+
+from gradtx import base
+from gradtx.base import GradientTransformation, PyTree
+
+
+class EmaState(NamedTuple):
+    count: Int[Array, ""]  # steps taken, for `debias`
+    mean: PyTree  # same tree as params, in `accumulator_dtype`
+
+
+class BiasCorrectionState(NamedTuple):
+    count: Int[Array, ""]  # steps taken
+
+
+def moment_update(decay: float, moment: Array, value: Array, order: int = 1) -> Array:
+    r"""One EWA step $\beta m + (1 - \beta) x^k$ ($k$ = `order`), in the moment's dtype.
+
+    The value is cast before it is squared, so float32 moments of bfloat16
+    gradients get float32 squares.
+    """
+    x = value.astype(moment.dtype)
+    return decay * moment + (1 - decay) * (x if order == 1 else x * x)
+
+
+def debias_factor(decay: Any, count: Int[Array, ""]) -> Array:
+    r"""$1 / (1 - \beta^t)$ as a float32 scalar, for $t \geq 1$."""
+    return 1 / (1 - jnp.asarray(decay, jnp.float32) ** count.astype(jnp.float32))
+
+
+def zeros_like_tree(params: PyTree, dtype: Any = None, fill: Any = 0) -> PyTree:
+    """Arrays shaped like `params`, in `dtype` (or each leaf's dtype), filled with `fill`."""
+    return jax.tree.map(lambda p: jnp.full(jnp.shape(p), fill, dtype or jnp.result_type(p)), params)
+
+
+def ema(
+    decay: float, debias: bool = False, accumulator_dtype: Any | None = None
+) -> GradientTransformation:
+    r"""Exponentially weighted average of the updates.
+
+    $$m_t = \beta m_{t-1} + (1 - \beta) g_t, \quad m_0 = 0$$
+
+    The average spans roughly the last $1/(1-\beta)$ steps. Emits $m_t$, or
+    $m_t / (1 - \beta^t)$ with `debias=True`; stores $m_t$ (never the debiased
+    value) and the step count. `chain(ema(decay), bias_correction(decay))` is
+    the same as `ema(decay, debias=True)`, written as two pieces.
+
+    Unlike optax's `ema`, `debias` defaults to False: the course's EWA is the
+    plain average, and bias correction is its own idea (`bias_correction`).
+
+    Args:
+        decay: $\beta$, in $[0, 1)$.
+        debias: divide by $1 - \beta^t$ before emitting.
+        accumulator_dtype: dtype of the stored $m$ (e.g. float32 for bfloat16
+            params); None keeps each parameter's dtype. Emitted updates keep the
+            dtype of the incoming updates.
+
+    Returns:
+        A `GradientTransformation` with state `EmaState(count, mean)`.
+
+    Raises:
+        ValueError: if `decay` is outside $[0, 1)$.
+    """
+    base.check_decay("ema", "decay", decay)
+    base.check_bool("ema", "debias", debias)
+    dtype = base.canonicalize_dtype("ema", "accumulator_dtype", accumulator_dtype)
+
+    def init(params):
+        return EmaState(base.zero_count(), zeros_like_tree(params, dtype))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        base.check_tree_match("ema", updates, state.mean)
+        count = base.safe_increment(state.count)
+        mean = jax.tree.map(lambda m, g: moment_update(decay, m, g), state.mean, updates)
+        if debias:
+            factor = debias_factor(decay, count)
+            out = jax.tree.map(
+                lambda m, g: base.scale_leaf(m, factor).astype(g.dtype), mean, updates
+            )
+        else:
+            out = jax.tree.map(lambda m, g: m.astype(g.dtype), mean, updates)
+        return out, EmaState(count, mean)
+
+    return base.transformation(
+        "ema", init, update, decay=decay, debias=debias, accumulator_dtype=dtype
+    )
+
+
+def bias_correction(decay: float) -> GradientTransformation:
+    r"""Divides the updates by $1 - \beta^t$, the bias of an EWA started at zero.
+
+    $$\hat m_t = \frac{m_t}{1 - \beta^t}, \quad t = 1, 2, \dots$$
+
+    Because $m_0 = 0$ the first averages are far too small ($m_1 = (1-\beta) g_1$);
+    dividing by $1 - \beta^t$ fixes the start and fades out as $\beta^t \to 0$.
+    Keeps its own step count, so it can follow any EWA in a chain:
+    `chain(ema(0.9), bias_correction(0.9))`. Emits $\hat m_t$; stores $t$.
+
+    Args:
+        decay: the $\beta$ of the EWA being corrected, in $[0, 1)$.
+
+    Returns:
+        A `GradientTransformation` with state `BiasCorrectionState(count)`.
+
+    Raises:
+        ValueError: if `decay` is outside $[0, 1)$.
+    """
+    base.check_decay("bias_correction", "decay", decay)
+
+    def init(params):
+        del params
+        return BiasCorrectionState(base.zero_count())
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        count = base.safe_increment(state.count)
+        factor = debias_factor(decay, count)
+        out = jax.tree.map(lambda u: base.scale_leaf(u, factor), updates)
+        return out, BiasCorrectionState(count)
+
+    return base.transformation("bias_correction", init, update, decay=decay)

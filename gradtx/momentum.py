@@ -1,0 +1,75 @@
+r"""Momentum (IDEAS §4): averaging the gradients damps the oscillation across a valley."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+from gradtx import base
+from gradtx.base import GradientTransformation, PyTree
+from gradtx.ewa import zeros_like_tree
+
+
+class TraceState(NamedTuple):
+    trace: PyTree  # same tree as params, in `accumulator_dtype`
+
+
+def trace(
+    decay: float, nesterov: bool = False, accumulator_dtype: Any | None = None
+) -> GradientTransformation:
+    r"""Heavy-ball momentum: a running sum of past updates.
+
+    $$v_t = \beta v_{t-1} + g_t, \quad v_0 = 0$$
+
+    Emits $v_t$, or with `nesterov=True` the look-ahead $g_t + \beta v_t$;
+    stores $v_t$. Followed by `scale_by_learning_rate(alpha)` this is
+    $W \leftarrow W - \alpha v_t$ (optax's `trace`, torch's `SGD(momentum=β)`).
+
+    Two conventions, one idea. The course writes momentum as an EWA,
+    $v_t = \beta v_{t-1} + (1-\beta) g_t$ (`ema(beta)` then a learning rate,
+    see `momentum_ewa`). The heavy-ball $v$ is the EWA $v$ times $1/(1-\beta)$,
+    so with a constant rate, heavy-ball at $\alpha$ equals EWA at
+    $\alpha / (1-\beta)$ — ten times larger for $\beta = 0.9$.
+
+    Under a schedule $\alpha_t$ the two stay equivalent (with
+    $\alpha^{ewa}_t = \alpha_t / (1 - \beta)$), because both apply $\alpha_t$ to
+    the *whole* velocity at step $t$: lowering the rate slows the step at once,
+    including the momentum built up earlier. This differs from the form
+    $v_t = \beta v_{t-1} + \alpha_t g_t$, $W \leftarrow W - v_t$ (learning rate
+    inside the velocity), where a lowered rate only affects new gradients and
+    the old velocity keeps coasting at the old rate.
+
+    Args:
+        decay: $\beta$, in $[0, 1)$; 0.9 is the usual choice.
+        nesterov: emit Nesterov's look-ahead $g_t + \beta v_t$ instead of $v_t$.
+        accumulator_dtype: dtype of the stored $v$; None keeps each param's dtype.
+
+    Returns:
+        A `GradientTransformation` with state `TraceState(trace)`.
+
+    Raises:
+        ValueError: if `decay` is outside $[0, 1)$.
+    """
+    base.check_decay("trace", "decay", decay)
+    base.check_bool("trace", "nesterov", nesterov)
+    dtype = base.canonicalize_dtype("trace", "accumulator_dtype", accumulator_dtype)
+
+    def init(params):
+        return TraceState(zeros_like_tree(params, dtype))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        base.check_tree_match("trace", updates, state.trace)
+        new_trace = jax.tree.map(lambda v, g: decay * v + g.astype(v.dtype), state.trace, updates)
+        if nesterov:
+            out = jax.tree.map(
+                lambda v, g: (g.astype(v.dtype) + decay * v).astype(g.dtype), new_trace, updates
+            )
+        else:
+            out = jax.tree.map(lambda v, g: v.astype(g.dtype), new_trace, updates)
+        return out, TraceState(new_trace)
+
+    return base.transformation(
+        "trace", init, update, decay=decay, nesterov=nesterov, accumulator_dtype=dtype
+    )

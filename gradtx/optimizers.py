@@ -1,0 +1,185 @@
+r"""Optimisers: each a short `chain` of the pieces, with optax's names and defaults.
+
+Every `learning_rate` is a constant $\alpha \geq 0$ or a `count -> value`
+schedule (`gradtx.schedules`), applied last as $u = -\alpha_t \cdot (\dots)$.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gradtx import base
+from gradtx.adam import scale_by_adam, scale_by_amsgrad
+from gradtx.base import GradientTransformation, PyTree, ScalarOrSchedule
+from gradtx.combine import chain
+from gradtx.ewa import bias_correction, ema
+from gradtx.momentum import trace
+from gradtx.rms import scale_by_rms, scale_by_rss, scale_by_stddev
+from gradtx.scale import scale_by_learning_rate
+from gradtx.weight_decay import add_decayed_weights
+
+
+def _lr(fn: str, learning_rate: ScalarOrSchedule) -> GradientTransformation:
+    base.check_scalar_or_schedule(fn, "learning_rate", learning_rate)
+    return scale_by_learning_rate(learning_rate)
+
+
+def sgd(
+    learning_rate: ScalarOrSchedule,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
+) -> GradientTransformation:
+    r"""Gradient descent, optionally with heavy-ball momentum (IDEAS §4, §9).
+
+    $W \leftarrow W - \alpha g$, or with momentum $\beta$:
+    $v \leftarrow \beta v + g,\ W \leftarrow W - \alpha v$ (see `trace`; for the
+    course's EWA form use `momentum_ewa`).
+
+    `chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))`.
+    """
+    if momentum is None:
+        if nesterov:
+            raise ValueError("sgd: nesterov=True needs a momentum, got momentum=None")
+        return _lr("sgd", learning_rate)
+    return chain(trace(momentum, nesterov, accumulator_dtype), _lr("sgd", learning_rate))
+
+
+def momentum_ewa(
+    learning_rate: ScalarOrSchedule,
+    beta: float = 0.9,
+    debias: bool = False,
+    accumulator_dtype: Any | None = None,
+) -> GradientTransformation:
+    r"""The course's momentum: an EWA of the gradients, then the step (IDEAS §4).
+
+    $$v_t = \beta v_{t-1} + (1-\beta) g_t, \qquad W \leftarrow W - \alpha_t v_t$$
+
+    Equals `sgd(learning_rate * (1 - beta), momentum=beta)`; the two forms and
+    how they relate under a schedule are explained in `trace`. `debias=True`
+    adds bias correction (rarely used for momentum).
+
+    `chain(ema(beta), [bias_correction(beta)], scale_by_learning_rate(learning_rate))`.
+    """
+    pieces = [ema(beta, accumulator_dtype=accumulator_dtype)]
+    if debias:
+        pieces.append(bias_correction(beta))
+    return chain(*pieces, _lr("momentum_ewa", learning_rate))
+
+
+def rmsprop(
+    learning_rate: ScalarOrSchedule,
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+) -> GradientTransformation:
+    r"""RMSprop (IDEAS §5): $W \leftarrow W - \alpha\, g / \sqrt{S + \epsilon}$.
+
+    `chain(scale_by_rms(...) or scale_by_stddev(...) if centered, scale_by_learning_rate,
+    [trace(momentum, nesterov)])` — momentum is applied after the rate, as in optax.
+    """
+    scaler = scale_by_stddev if centered else scale_by_rms
+    pieces = [
+        scaler(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
+        _lr("rmsprop", learning_rate),
+    ]
+    if momentum is not None:
+        pieces.append(trace(momentum, nesterov))
+    elif nesterov:
+        raise ValueError("rmsprop: nesterov=True needs a momentum, got momentum=None")
+    return chain(*pieces)
+
+
+def adagrad(
+    learning_rate: ScalarOrSchedule, initial_accumulator_value: float = 0.1, eps: float = 1e-7
+) -> GradientTransformation:
+    r"""Adagrad: $W \leftarrow W - \alpha\, g_t / \sqrt{\sum_{s \le t} g_s^2 + \epsilon}$.
+
+    `chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))`.
+    """
+    return chain(scale_by_rss(initial_accumulator_value, eps), _lr("adagrad", learning_rate))
+
+
+def adam(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+    *,
+    nesterov: bool = False,
+) -> GradientTransformation:
+    r"""Adam (IDEAS §6) = momentum + RMSprop, bias-corrected.
+
+    $W \leftarrow W - \alpha_t \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)$;
+    see `scale_by_adam` for the moments.
+
+    `chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype), scale_by_learning_rate(lr))`.
+    """
+    return chain(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
+        _lr("adam", learning_rate),
+    )
+
+
+def nadam(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> GradientTransformation:
+    """NAdam: `adam(..., nesterov=True)` (Nesterov look-ahead on the first moment)."""
+    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=True)
+
+
+def adamw(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: PyTree | Callable[[PyTree], PyTree] | None = None,
+    *,
+    nesterov: bool = False,
+    nu_dtype: Any | None = None,
+) -> GradientTransformation:
+    r"""AdamW: Adam with decoupled weight decay.
+
+    $W \leftarrow W - \alpha_t (\hat m_t / (\sqrt{\hat v_t} + \epsilon) + \lambda W)$.
+
+    `chain(scale_by_adam(...), add_decayed_weights(weight_decay, mask),
+    scale_by_learning_rate(lr))`.
+    """
+    return chain(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
+        add_decayed_weights(weight_decay, mask),
+        _lr("adamw", learning_rate),
+    )
+
+
+def amsgrad(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+) -> GradientTransformation:
+    r"""AMSGrad: Adam with a never-decreasing second moment (see `scale_by_amsgrad`).
+
+    `chain(scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype), scale_by_learning_rate(lr))`.
+    """
+    return chain(scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype), _lr("amsgrad", learning_rate))

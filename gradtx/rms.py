@@ -1,0 +1,208 @@
+r"""RMS scaling (IDEAS §5): divide each coordinate by the root of its mean square."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Int
+
+from gradtx import base
+from gradtx.base import GradientTransformation, PyTree
+from gradtx.ewa import debias_factor, moment_update, zeros_like_tree
+
+
+class ScaleByRmsState(NamedTuple):
+    count: Int[Array, ""]  # steps taken, for `bias_correction`
+    nu: PyTree  # EWA of squared updates
+
+
+class ScaleByStddevState(NamedTuple):
+    count: Int[Array, ""]  # steps taken, for `bias_correction`
+    mu: PyTree  # EWA of updates
+    nu: PyTree  # EWA of squared updates
+
+
+class ScaleByRssState(NamedTuple):
+    sum_of_squares: PyTree  # running sum of squared updates
+
+
+def _inverse_root(s: Array, eps: float, eps_in_sqrt: bool) -> Array:
+    r"""$1/\sqrt{s + \epsilon}$ or $1/(\sqrt{s} + \epsilon)$."""
+    if eps_in_sqrt:
+        return jax.lax.rsqrt(s + eps)
+    return 1 / (jnp.sqrt(s) + eps)
+
+
+def _check_rms_args(fn: str, decay, eps, initial_scale, eps_in_sqrt, bias_correction) -> None:
+    base.check_decay(fn, "decay", decay)
+    base.check_non_negative(fn, "eps", eps)
+    base.check_non_negative(fn, "initial_scale", initial_scale)
+    base.check_bool(fn, "eps_in_sqrt", eps_in_sqrt)
+    base.check_bool(fn, "bias_correction", bias_correction)
+
+
+def scale_by_rms(
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+) -> GradientTransformation:
+    r"""RMSprop's scaling: divide by the root of an EWA of squared updates.
+
+    $$S_t = \beta S_{t-1} + (1-\beta) g_t^2, \qquad
+      u_t = \frac{g_t}{\sqrt{\hat S_t + \epsilon}}
+      \;\text{or}\; \frac{g_t}{\sqrt{\hat S_t} + \epsilon}$$
+
+    with $\hat S_t = S_t / (1 - \beta^t)$ when `bias_correction`, else $S_t$.
+    Directions with large, oscillating gradients are slowed down, flat ones
+    sped up. The course's formula is `eps_in_sqrt=False`; the default follows
+    optax (`True`). `scale_by_rms(b2, eps_in_sqrt=False, bias_correction=True)`
+    is Adam with $\beta_1 = 0$. Emits $u_t$; stores $S_t$ and $t$.
+
+    Args:
+        decay: $\beta$, in $[0, 1)$.
+        eps: $\epsilon \geq 0$, for numerical safety.
+        initial_scale: $S_0 \geq 0$.
+        eps_in_sqrt: add $\epsilon$ inside the root (True) or outside it.
+        bias_correction: divide $S_t$ by $1 - \beta^t$.
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByRmsState(count, nu)`.
+
+    Raises:
+        ValueError: for `decay` outside $[0, 1)$ or negative `eps`/`initial_scale`.
+    """
+    _check_rms_args("scale_by_rms", decay, eps, initial_scale, eps_in_sqrt, bias_correction)
+
+    def init(params):
+        return ScaleByRmsState(base.zero_count(), zeros_like_tree(params, fill=initial_scale))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        base.check_tree_match("scale_by_rms", updates, state.nu)
+        count = base.safe_increment(state.count)
+        nu = jax.tree.map(lambda s, g: moment_update(decay, s, g, order=2), state.nu, updates)
+        factor = debias_factor(decay, count) if bias_correction else None
+
+        def scaled(g, s):
+            s_hat = s if factor is None else base.scale_leaf(s, factor)
+            return base.scale_leaf(g, _inverse_root(s_hat, eps, eps_in_sqrt))
+
+        return jax.tree.map(scaled, updates, nu), ScaleByRmsState(count, nu)
+
+    return base.transformation(
+        "scale_by_rms",
+        init,
+        update,
+        decay=decay,
+        eps=eps,
+        initial_scale=initial_scale,
+        eps_in_sqrt=eps_in_sqrt,
+        bias_correction=bias_correction,
+    )
+
+
+def scale_by_stddev(
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+) -> GradientTransformation:
+    r"""Centred RMS scaling: divide by an estimate of the standard deviation.
+
+    $$m_t = \beta m_{t-1} + (1-\beta) g_t, \quad S_t = \beta S_{t-1} + (1-\beta) g_t^2,
+      \quad u_t = \frac{g_t}{\sqrt{\max(\hat S_t - \hat m_t^2, 0) + \epsilon}}$$
+
+    (or $\epsilon$ outside the root), with hats as in `scale_by_rms`. The
+    variance is clipped at 0: round-off can make $\hat S - \hat m^2$ slightly
+    negative, which would give NaN with `eps_in_sqrt=False`. Emits $u_t$;
+    stores $m_t$, $S_t$ and $t$.
+
+    Args: as `scale_by_rms`.
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByStddevState(count, mu, nu)`.
+    """
+    _check_rms_args("scale_by_stddev", decay, eps, initial_scale, eps_in_sqrt, bias_correction)
+
+    def init(params):
+        return ScaleByStddevState(
+            base.zero_count(), zeros_like_tree(params), zeros_like_tree(params, fill=initial_scale)
+        )
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        base.check_tree_match("scale_by_stddev", updates, state.nu)
+        count = base.safe_increment(state.count)
+        mu = jax.tree.map(lambda m, g: moment_update(decay, m, g), state.mu, updates)
+        nu = jax.tree.map(lambda s, g: moment_update(decay, s, g, order=2), state.nu, updates)
+        factor = debias_factor(decay, count) if bias_correction else None
+
+        def scaled(g, m, s):
+            if factor is not None:
+                m, s = base.scale_leaf(m, factor), base.scale_leaf(s, factor)
+            variance = jnp.maximum(s - m * m, 0)
+            return base.scale_leaf(g, _inverse_root(variance, eps, eps_in_sqrt))
+
+        return jax.tree.map(scaled, updates, mu, nu), ScaleByStddevState(count, mu, nu)
+
+    return base.transformation(
+        "scale_by_stddev",
+        init,
+        update,
+        decay=decay,
+        eps=eps,
+        initial_scale=initial_scale,
+        eps_in_sqrt=eps_in_sqrt,
+        bias_correction=bias_correction,
+    )
+
+
+def scale_by_rss(
+    initial_accumulator_value: float = 0.1, eps: float = 1e-7
+) -> GradientTransformation:
+    r"""Adagrad's scaling: divide by the root of the sum of all squared updates so far.
+
+    $$G_t = G_{t-1} + g_t^2, \quad u_t = \frac{g_t}{\sqrt{G_t + \epsilon}}$$
+
+    ($u_t = 0$ where $G_t = 0$).
+
+    Emits $u_t$; stores $G_t$.
+
+    Args:
+        initial_accumulator_value: $G_0 \geq 0$.
+        eps: $\epsilon \geq 0$.
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByRssState(sum_of_squares)`.
+    """
+    base.check_non_negative("scale_by_rss", "initial_accumulator_value", initial_accumulator_value)
+    base.check_non_negative("scale_by_rss", "eps", eps)
+
+    def init(params):
+        return ScaleByRssState(zeros_like_tree(params, fill=initial_accumulator_value))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        base.check_tree_match("scale_by_rss", updates, state.sum_of_squares)
+        total = jax.tree.map(
+            lambda s, g: s + jnp.square(g.astype(s.dtype)), state.sum_of_squares, updates
+        )
+
+        def scaled(g, s):
+            inv = jnp.where(s > 0, jax.lax.rsqrt(s + eps), jnp.zeros_like(s))
+            return base.scale_leaf(g, inv)
+
+        return jax.tree.map(scaled, updates, total), ScaleByRssState(total)
+
+    return base.transformation(
+        "scale_by_rss",
+        init,
+        update,
+        initial_accumulator_value=initial_accumulator_value,
+        eps=eps,
+    )

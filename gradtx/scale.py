@@ -1,0 +1,90 @@
+r"""Step sizes: scaling by a constant, a learning rate, or a schedule (IDEAS §7, §9)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+from jaxtyping import Array, Int
+
+from gradtx import base
+from gradtx.base import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule
+
+
+class ScaleByScheduleState(NamedTuple):
+    count: Int[Array, ""]  # steps taken; the schedule is evaluated at this count
+
+
+def scale(step_size: float) -> GradientTransformation:
+    r"""$u = s \cdot g$ with a constant $s$. Stores nothing.
+
+    Args:
+        step_size: $s$, any real number (negative for descent; see
+            `scale_by_learning_rate`).
+    """
+    base.check_range("scale", "step_size", step_size)
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return jax.tree.map(lambda g: base.scale_leaf(g, step_size), updates), state
+
+    return base.transformation("scale", init, update, step_size)
+
+
+def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
+    r"""$u_t = s(t) \cdot g_t$ with $s$ a schedule evaluated at the step count $t = 0, 1, \dots$
+
+    Emits the scaled updates; stores $t$.
+
+    Args:
+        step_size_fn: a `count -> value` function, such as those in `gradtx.schedules`.
+    """
+    if not callable(step_size_fn):
+        raise TypeError(
+            f"scale_by_schedule: step_size_fn must be a callable count -> value, "
+            f"got {type(step_size_fn).__name__}; use scale(...) for a constant"
+        )
+
+    def init(params):
+        del params
+        return ScaleByScheduleState(base.zero_count())
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        step_size = step_size_fn(state.count)
+        out = jax.tree.map(lambda g: base.scale_leaf(g, step_size), updates)
+        return out, ScaleByScheduleState(base.safe_increment(state.count))
+
+    return base.transformation("scale_by_schedule", init, update, step_size_fn)
+
+
+def scale_by_learning_rate(
+    learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
+) -> GradientTransformation:
+    r"""$u_t = -\alpha_t g_t$: the descent step of gradient descent.
+
+    `learning_rate` is a constant $\alpha$ or a schedule $\alpha(t)$. With
+    `flip_sign=False` the sign is kept (ascent, or a rate applied elsewhere).
+
+    Args:
+        learning_rate: $\alpha \geq 0$ or a `count -> value` schedule.
+        flip_sign: negate (descent), as optax does by default.
+
+    Raises:
+        ValueError: for a negative constant rate.
+    """
+    base.check_scalar_or_schedule("scale_by_learning_rate", "learning_rate", learning_rate)
+    base.check_bool("scale_by_learning_rate", "flip_sign", flip_sign)
+    sign = -1 if flip_sign else 1
+    if callable(learning_rate):
+        inner = scale_by_schedule(lambda count: sign * learning_rate(count))
+    else:
+        inner = scale(sign * learning_rate)
+    hparams = {} if flip_sign else {"flip_sign": False}
+    return base.transformation(
+        "scale_by_learning_rate", inner.init, inner.update, learning_rate, **hparams
+    )
