@@ -5,6 +5,7 @@ Adam, learning-rate decay — is a small, pure `GradientTransformation`; the
 optimisers are short chains of them. Structurally compatible with optax.
 """
 
+from gradtx import schedules
 from gradtx.adam import (
     ScaleByAdamState,
     ScaleByAmsgradState,
@@ -61,11 +62,38 @@ from gradtx.rms import (
     scale_by_stddev,
 )
 from gradtx.scale import ScaleByScheduleState, scale, scale_by_learning_rate, scale_by_schedule
+from gradtx.schedules import (
+    constant_schedule,
+    cosine_decay_schedule,
+    cosine_onecycle_schedule,
+    exponential_decay,
+    inverse_sqrt_decay,
+    inverse_time_decay,
+    join_schedules,
+    linear_onecycle_schedule,
+    linear_schedule,
+    piecewise_constant_schedule,
+    polynomial_schedule,
+    warmup_cosine_decay_schedule,
+)
 from gradtx.weight_decay import AddDecayedWeightsState, add_decayed_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "constant_schedule",
+    "cosine_decay_schedule",
+    "cosine_onecycle_schedule",
+    "exponential_decay",
+    "inverse_sqrt_decay",
+    "inverse_time_decay",
+    "join_schedules",
+    "linear_onecycle_schedule",
+    "linear_schedule",
+    "piecewise_constant_schedule",
+    "polynomial_schedule",
+    "warmup_cosine_decay_schedule",
+    "schedules",
     "AddDecayedWeightsState",
     "BiasCorrectionState",
     "DivideState",
