@@ -32,11 +32,6 @@ def _check_adam_args(fn: str, b1, b2, eps, eps_root) -> None:
     base.check_non_negative(fn, "eps_root", eps_root)
 
 
-def _compute_dtype(*leaves: Array) -> Any:
-    """The dtype the fused math runs in: at least float32, wider if any input is."""
-    return jnp.result_type(jnp.float32, *(x.dtype for x in leaves))
-
-
 def scale_by_adam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -99,7 +94,7 @@ def scale_by_adam(
         c1_next = debias_factor(b1, base.safe_increment(count)) if nesterov else None
 
         def leaf(g, m, v):
-            dtype = _compute_dtype(g, m, v)
+            dtype = base.compute_dtype(g, m, v)
             x = g.astype(dtype)
             m_new = b1 * m.astype(dtype) + (1 - b1) * x
             v_new = b2 * v.astype(dtype) + (1 - b2) * (x * x)
@@ -213,7 +208,7 @@ def scale_by_amsgrad(
         c2 = debias_factor(b2, count)
 
         def leaf(g, m, v, v_max):
-            dtype = _compute_dtype(g, m, v, v_max)
+            dtype = base.compute_dtype(g, m, v, v_max)
             x = g.astype(dtype)
             m_new = b1 * m.astype(dtype) + (1 - b1) * x
             v_new = b2 * v.astype(dtype) + (1 - b2) * (x * x)

@@ -18,8 +18,11 @@ that names the transformation and the first mismatching key path.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -71,16 +74,106 @@ class EmptyState(NamedTuple):
     """The state of a stateless transformation: an empty pytree."""
 
 
+def _as_dtype(value: Any) -> np.dtype | None:
+    """`value` as a dtype when it names one (`jnp.float32`, `np.dtype('bfloat16')`), else None."""
+    if isinstance(value, np.dtype):
+        return value
+    if isinstance(value, type) and (
+        issubclass(value, np.generic) or isinstance(getattr(value, "dtype", None), np.dtype)
+    ):
+        return jnp.dtype(value)
+    return None
+
+
+def _is_transformation(value: Any) -> bool:
+    """A gradtx or foreign (optax) transformation: a tuple with callable `init` and `update`."""
+    return (
+        isinstance(value, tuple)
+        and callable(getattr(value, "init", None))
+        and callable(getattr(value, "update", None))
+    )
+
+
+def _callable_name(f: Any) -> str:
+    """A function as written where it was passed: `name`, `factory(...)` for a closure."""
+    qualname = getattr(f, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return f"{type(f).__name__}(...)"
+    if "<locals>" in qualname:
+        return qualname.split(".<locals>")[0] + "(...)"
+    if qualname == "<lambda>":
+        try:
+            names = ", ".join(inspect.signature(f).parameters)
+        except (TypeError, ValueError):
+            names = "*args"
+        return f"lambda {names}: ..."
+    return qualname
+
+
+def _describe_transformation(tx: Any) -> str:
+    """A transformation's description: its own, or `optax.factory(...)` for a foreign one."""
+    describe = getattr(tx.update, "__gradtx_describe__", None)
+    if describe is not None:
+        return describe()
+    qualname = getattr(tx.update, "__qualname__", "")
+    if not (isinstance(qualname, str) and "<locals>" in qualname):
+        return f"{type(tx).__name__}(...)"
+    root = (getattr(tx.update, "__module__", None) or "").split(".")[0]
+    prefix = "" if root in ("", "__main__", "gradtx") else f"{root}."
+    return f"{prefix}{qualname.split('.<locals>')[0]}(...)"
+
+
 def _format_value(value: Any) -> str:
-    if isinstance(value, GradientTransformation):
-        return repr(value)
+    """`value` as written in the call that built a transformation (valid-looking Python).
+
+    Transformations print as their composition (foreign ones as `optax.name(...)`),
+    dtypes as `jnp.float32`, closures as the factory that made them
+    (`cosine_decay_schedule(...)`), scalars by value and other arrays by shape.
+    """
+    if _is_transformation(value):
+        return _describe_transformation(value)
+    dtype = _as_dtype(value)
+    if dtype is not None:
+        return f"jnp.{dtype.name}"
     if callable(value):
-        return getattr(value, "__name__", type(value).__name__)
-    if isinstance(value, jax.Array) and value.ndim == 0 and not isinstance(value, jax.core.Tracer):
-        return repr(value.item())
-    if isinstance(value, (jnp.dtype, type)) and value is not None:
-        return jnp.dtype(value).name
+        describe = getattr(value, "__gradtx_describe__", None)
+        return describe() if describe is not None else _callable_name(value)
+    if isinstance(value, jax.core.Tracer):
+        return f"<traced {value.dtype}{list(value.shape)}>"
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        if np.ndim(value) == 0:
+            return str(np.asarray(value)[()])
+        return f"Array(shape={tuple(np.shape(value))}, dtype={jnp.result_type(value).name})"
+    if isinstance(value, dict):
+        items = ", ".join(f"{k!r}: {_format_value(v)}" for k, v in value.items())
+        return f"{{{items}}}"
+    if type(value) in (list, tuple):
+        items = [_format_value(v) for v in value]
+        if isinstance(value, tuple):
+            return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+        return f"[{', '.join(items)}]"
     return repr(value)
+
+
+def _factory_defaults(module: str | None, name: str) -> dict[str, Any]:
+    """The defaults of the public factory `name` in `module`, or {} when there is none."""
+    factory = getattr(sys.modules.get(module or ""), name, None)
+    if not callable(factory):
+        return {}
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def _is_switched_off(value: Any, default: Any) -> bool:
+    """True when `value` is a default that turns a feature off: None, False or zero."""
+    if default is None or default is False:
+        return value is default
+    if type(default) in (int, float) and default == 0:
+        return type(value) in (int, float) and value == 0
+    return False
 
 
 def transformation(
@@ -89,14 +182,32 @@ def transformation(
     """Packs `init`/`update` into a `GradientTransformation` that prints as `name(...)`.
 
     Positional `args` are shown by value (e.g. the inner transformations of a
-    combinator), `hparams` as `key=value`. Nothing is added to the tuple: the
+    combinator), `hparams` as `key=value`. A keyword is left out when it equals
+    the default of the factory `name` (looked up in `update`'s module) and that
+    default switches a feature off (None, False or zero), so
+    `print(adam(1e-3))` reads
+    `chain(scale_by_adam(b1=0.9, b2=0.999, eps=1e-08), scale_by_learning_rate(0.001))`
+    and evaluates back to the same optimiser. Nothing is added to the tuple: the
     description rides on the `update` function, so optax and Flax see a plain
-    two-field transformation.
+    two-field transformation. An `update` that already describes another
+    transformation is wrapped, not relabelled.
     """
+    module = getattr(update, "__module__", None)
+    if hasattr(update, "__gradtx_describe__"):
+        described = update
+
+        @functools.wraps(described)
+        def update(*args_, **kwargs_):
+            return described(*args_, **kwargs_)
 
     def describe() -> str:
+        defaults = _factory_defaults(module, name)
         parts = [_format_value(a) for a in args]
-        parts += [f"{k}={_format_value(v)}" for k, v in hparams.items()]
+        parts += [
+            f"{k}={_format_value(v)}"
+            for k, v in hparams.items()
+            if not (k in defaults and _is_switched_off(v, defaults[k]))
+        ]
         return f"{name}({', '.join(parts)})"
 
     update.__gradtx_describe__ = describe  # type: ignore[attr-defined]
@@ -184,7 +295,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         if p is None:
             return None
         p = jnp.asarray(p)
-        dtype = jnp.promote_types(p.dtype, jnp.result_type(u))
+        dtype = compute_dtype(p, u)
         return (p.astype(dtype) + jnp.asarray(u).astype(dtype)).astype(p.dtype)
 
     return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
@@ -363,6 +474,16 @@ def evaluate(value: ScalarOrSchedule, count: Int[Array, ""]) -> ArrayLike:
     return value(count) if callable(value) else value
 
 
+def compute_dtype(*arrays: ArrayLike) -> jnp.dtype:
+    """float64 if any input is float64, else float32: the dtype update math runs in.
+
+    Explicit, so it works under strict dtype promotion, where bfloat16 and
+    float32 have no implicit common type.
+    """
+    wide = any(jnp.result_type(x) == jnp.float64 for x in arrays)
+    return jnp.dtype(jnp.float64 if wide else jnp.float32)
+
+
 def scale_leaf(u: Array, s: ArrayLike) -> Array:
     """`u * s` computed in at least float32 and returned in `u`'s dtype.
 
@@ -370,7 +491,7 @@ def scale_leaf(u: Array, s: ArrayLike) -> Array:
     the product; under `jit` the casts fuse into the multiply.
     """
     u = jnp.asarray(u)
-    dtype = jnp.promote_types(u.dtype, jnp.float32)
+    dtype = compute_dtype(u)
     return (u.astype(dtype) * jnp.asarray(s).astype(dtype)).astype(u.dtype)
 
 

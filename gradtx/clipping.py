@@ -15,7 +15,7 @@ def global_norm(tree: PyTree) -> Float[Array, ""]:
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.zeros([], jnp.float32)
-    dtype = jnp.result_type(jnp.float32, *(jnp.result_type(x) for x in leaves))
+    dtype = base.compute_dtype(*leaves)
     return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(x).astype(dtype))) for x in leaves))
 
 

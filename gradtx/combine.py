@@ -69,10 +69,11 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return tuple(t.init(params) for t in txs)
 
     def update(updates, state, params=None, **extra_args):
-        if len(state) != len(txs):
+        if type(state) is not tuple or len(state) != len(txs):
+            got = f"{len(state)} entries" if type(state) is tuple else type(state).__name__
             raise ValueError(
-                f"chain: state has {len(state)} entries for {len(txs)} transformations; "
-                "was it built by a different optimiser?"
+                f"chain: state must be the tuple of {len(txs)} states made by this chain's "
+                f"init, got {got}; was it built by a different optimiser?"
             )
         new_state = []
         for t, s in zip(txs, state):
@@ -255,8 +256,8 @@ def partition(
         missing = used - set(txs)
         if missing:
             raise ValueError(
-                f"partition: labels {sorted(map(repr, missing))} in param_labels have no "
-                f"transformation; transforms has {sorted(map(repr, txs))}"
+                f"partition: label(s) {', '.join(sorted(map(repr, missing)))} in param_labels "
+                f"have no transformation; transforms has {', '.join(sorted(map(repr, txs)))}"
             )
         return labels
 

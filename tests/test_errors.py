@@ -1,0 +1,165 @@
+"""Bad input gets a clear error naming the function, the argument and the value."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx
+
+BAD_HYPERPARAMS = [
+    (lambda: gradtx.ema(1.0), ValueError, "ema: decay must be in [0, 1), got 1.0"),
+    (lambda: gradtx.ema(-0.1), ValueError, "ema: decay must be in [0, 1), got -0.1"),
+    (lambda: gradtx.ema(1 - 1e-9), ValueError, "rounds to 1.0 in float32"),
+    (lambda: gradtx.ema(float("nan")), ValueError, "ema: decay must be in [0, 1), got nan"),
+    (lambda: gradtx.ema(True), TypeError, "ema: decay must be a real number, got True"),
+    (lambda: gradtx.ema("0.9"), TypeError, "ema: decay must be a real number"),
+    (lambda: gradtx.ema(jnp.ones(2)), ValueError, "ema: decay must be a scalar"),
+    (lambda: gradtx.ema(0.9, accumulator_dtype=jnp.int32), ValueError, "floating dtype"),
+    (lambda: gradtx.bias_correction(1.5), ValueError, "bias_correction: decay"),
+    (lambda: gradtx.trace(1.0), ValueError, "trace: decay must be in [0, 1)"),
+    (lambda: gradtx.trace(0.9, nesterov=1), TypeError, "trace: nesterov must be True or False"),
+    (lambda: gradtx.scale_by_rms(eps=-1e-8), ValueError, "scale_by_rms: eps must be in [0, inf]"),
+    (lambda: gradtx.scale_by_rms(initial_scale=-1), ValueError, "scale_by_rms: initial_scale"),
+    (lambda: gradtx.scale_by_stddev(decay=2), ValueError, "scale_by_stddev: decay"),
+    (lambda: gradtx.scale_by_rss(eps=-1), ValueError, "scale_by_rss: eps"),
+    (lambda: gradtx.scale_by_adam(b1=1.0), ValueError, "scale_by_adam: b1 must be in [0, 1)"),
+    (lambda: gradtx.scale_by_adam(b2=-0.5), ValueError, "scale_by_adam: b2 must be in [0, 1)"),
+    (lambda: gradtx.scale_by_adam(eps_root=-1), ValueError, "scale_by_adam: eps_root"),
+    (lambda: gradtx.scale_by_adam(mu_dtype="int8"), ValueError, "scale_by_adam: mu_dtype"),
+    (lambda: gradtx.scale_by_adam(nu_dtype="nonsense"), TypeError, "scale_by_adam: nu_dtype"),
+    (lambda: gradtx.scale_by_adam_composed(b1=1), ValueError, "scale_by_adam_composed: b1"),
+    (lambda: gradtx.scale_by_amsgrad(b2=1), ValueError, "scale_by_amsgrad: b2"),
+    (lambda: gradtx.adam(-1e-3), ValueError, "learning_rate must be in [0, inf], got -0.001"),
+    (lambda: gradtx.adam("fast"), TypeError, "learning_rate must be a real number"),
+    (lambda: gradtx.sgd(0.1, nesterov=True), ValueError, "sgd: nesterov=True needs a momentum"),
+    (lambda: gradtx.rmsprop(0.1, nesterov=True), ValueError, "rmsprop: nesterov=True needs"),
+    (lambda: gradtx.scale_by_schedule(0.1), TypeError, "scale_by_schedule: step_size_fn"),
+    (lambda: gradtx.add_decayed_weights(-1.0), ValueError, "add_decayed_weights: weight_decay"),
+    (lambda: gradtx.clip(-1.0), ValueError, "clip: max_delta"),
+    (lambda: gradtx.clip_by_global_norm(0.0), ValueError, "clip_by_global_norm: max_norm"),
+    (lambda: gradtx.add_constant(float("inf")), ValueError, "add_constant: value must be finite"),
+    (lambda: gradtx.chain(gradtx.sgd(0.1), "adam"), TypeError, "chain: argument 1 must be a"),
+    (
+        lambda: gradtx.named_chain(("a", gradtx.identity()), ("a", gradtx.identity())),
+        ValueError,
+        "named_chain: name 'a' is used twice",
+    ),
+    (lambda: gradtx.named_chain(gradtx.identity()), TypeError, "named_chain: argument 0"),
+    (lambda: gradtx.partition({}, {}), TypeError, "partition: transforms must be a non-empty"),
+    (lambda: gradtx.stateless(3), TypeError, "stateless: f must be callable"),
+]
+
+
+@pytest.mark.parametrize("factory, error, message", BAD_HYPERPARAMS)
+def test_bad_hyperparameter_is_refused_at_construction(factory, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        factory()
+
+
+def test_traced_hyperparameters_are_not_checked_under_jit():
+    """A hyper-parameter that is a tracer cannot be inspected: no crash, no check."""
+
+    @jax.jit
+    def step(decay, lr, g):
+        opt = gradtx.chain(gradtx.trace(decay), gradtx.scale_by_learning_rate(lr))
+        u, _ = opt.update(g, opt.init(g), g)
+        return u
+
+    out = step(jnp.float32(0.5), jnp.float32(0.1), jnp.ones(3))
+    np.testing.assert_allclose(out, -0.1 * np.ones(3))
+
+
+PARAMS = {"dense": {"w": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
+
+
+@pytest.mark.parametrize(
+    "opt, name",
+    [
+        (gradtx.scale_by_adam(), "scale_by_adam"),
+        (gradtx.trace(0.9), "trace"),
+        (gradtx.ema(0.9), "ema"),
+        (gradtx.scale_by_rms(), "scale_by_rms"),
+        (gradtx.adam(1e-3), "scale_by_adam"),
+    ],
+)
+def test_update_with_wrong_leaf_shape_names_the_transform_and_the_key_path(opt, name):
+    state = opt.init(PARAMS)
+    bad = {"dense": {"w": jnp.ones((4, 3)), "bias": jnp.zeros(4)}}
+    expected = f"{name}: updates['dense']['bias'] has shape (4,), state has (3,)"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        opt.update(bad, state, PARAMS)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        jax.jit(opt.update)(bad, state, PARAMS)
+
+
+def test_update_with_wrong_tree_names_the_differing_key():
+    opt = gradtx.adam(1e-3)
+    state = opt.init(PARAMS)
+    bad = {"dense": {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}}
+    with pytest.raises(ValueError, match=r"scale_by_adam: tree structures differ: .*\['b'\]"):
+        opt.update(bad, state, PARAMS)
+    missing = {"dense": {"w": jnp.ones((4, 3))}}
+    with pytest.raises(ValueError, match=r"scale_by_adam: tree structures differ"):
+        opt.update(missing, state, PARAMS)
+
+
+def test_apply_updates_with_wrong_shape():
+    with pytest.raises(ValueError, match=re.escape("apply_updates: updates['dense']['w'] has")):
+        gradtx.apply_updates(PARAMS, {"dense": {"w": jnp.ones(3), "bias": jnp.zeros(3)}})
+
+
+def test_state_from_another_optimiser_is_refused():
+    state = gradtx.sgd(0.1).init(PARAMS)
+    with pytest.raises(
+        ValueError, match="chain: state must be the tuple of 2 states .* got EmptyState"
+    ):
+        gradtx.sgd(0.1, momentum=0.9).update(PARAMS, state, PARAMS)
+
+
+def test_add_decayed_weights_needs_params():
+    opt = gradtx.add_decayed_weights(1e-4)
+    with pytest.raises(ValueError, match=r"add_decayed_weights: update needs params"):
+        opt.update(PARAMS, opt.init(PARAMS))
+
+
+def test_partition_with_an_unknown_label():
+    opt = gradtx.partition({"a": gradtx.sgd(0.1)}, {"dense": {"w": "a", "bias": "b"}})
+    expected = "partition: label(s) 'b' in param_labels have no transformation; transforms has 'a'"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        opt.init(PARAMS)
+
+
+def test_mask_must_be_static_bools():
+    opt = gradtx.masked(gradtx.sgd(0.1), {"dense": {"w": jnp.array(True), "bias": False}})
+    with pytest.raises(TypeError, match=re.escape("masked: mask['dense']['w'] must be a Python")):
+        opt.init(PARAMS)
+
+
+def test_mask_with_wrong_structure():
+    opt = gradtx.masked(gradtx.sgd(0.1), {"other": True})
+    with pytest.raises(ValueError, match="masked: the mask's tree must match the params' tree"):
+        opt.init(PARAMS)
+
+
+def test_no_nan_from_bias_correction_at_the_first_step():
+    for opt in [gradtx.bias_correction(0.999), gradtx.ema(0.9999, debias=True)]:
+        u, _ = opt.update(PARAMS, opt.init(PARAMS))
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+    # Adam's first step from zero gradients: 0 / (0 + eps) = 0, not NaN.
+    zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+    opt = gradtx.adam(1e-3)
+    u, _ = opt.update(zeros, opt.init(PARAMS), PARAMS)
+    assert all(bool(jnp.all(u_ == 0)) for u_ in jax.tree.leaves(u))
+
+
+def test_centred_variance_is_clipped_at_zero():
+    """eps outside the root: a round-off-negative variance must not give NaN."""
+    opt = gradtx.scale_by_stddev(0.9, 1e-8, eps_in_sqrt=False, bias_correction=True)
+    g = {"x": jnp.array([0.1, 1e-3, 3.3], jnp.float32)}
+    state = opt.init(g)
+    for _ in range(5):
+        u, state = opt.update(g, state)
+        assert bool(jnp.all(jnp.isfinite(u["x"])))
