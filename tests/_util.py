@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ def make_params(key=0, dtype=jnp.float32):
     return jax.tree.unflatten(treedef, arrays)
 
 
+@functools.partial(jax.jit, static_argnames="key")
 def grads_at(params, step, key=1):
     """A curved loss's gradient plus step-dependent noise: trajectories feed back on updates."""
     leaves, treedef = jax.tree.flatten(params)
