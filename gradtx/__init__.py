@@ -27,6 +27,7 @@ from gradtx.base import (
     stateless,
     stateless_with_tree_map,
 )
+from gradtx.checkpoint import LeafSummary, StateSummary, restore_state, state_summary
 from gradtx.clipping import clip, clip_by_global_norm, global_norm
 from gradtx.combine import (
     DivideState,
@@ -42,7 +43,15 @@ from gradtx.combine import (
 )
 from gradtx.elementwise import add_constant, sqrt, square
 from gradtx.ewa import BiasCorrectionState, EmaState, bias_correction, ema
+from gradtx.guards import ApplyIfFiniteState, ZeroNansState, all_finite, apply_if_finite, zero_nans
+from gradtx.hyperparams import (
+    InjectHyperparamsState,
+    get_hyperparam,
+    inject_hyperparams,
+    set_hyperparam,
+)
 from gradtx.momentum import TraceState, trace
+from gradtx.monitor import MonitorState, monitor
 from gradtx.optimizers import (
     adagrad,
     adam,
@@ -53,6 +62,7 @@ from gradtx.optimizers import (
     rmsprop,
     sgd,
 )
+from gradtx.plateau import ReduceOnPlateauState, reduce_on_plateau
 from gradtx.rms import (
     ScaleByRmsState,
     ScaleByRssState,
@@ -81,6 +91,23 @@ from gradtx.weight_decay import AddDecayedWeightsState, add_decayed_weights
 __version__ = "0.1.0"
 
 __all__ = [
+    "LeafSummary",
+    "StateSummary",
+    "restore_state",
+    "state_summary",
+    "ApplyIfFiniteState",
+    "ZeroNansState",
+    "all_finite",
+    "apply_if_finite",
+    "zero_nans",
+    "InjectHyperparamsState",
+    "get_hyperparam",
+    "inject_hyperparams",
+    "set_hyperparam",
+    "MonitorState",
+    "monitor",
+    "ReduceOnPlateauState",
+    "reduce_on_plateau",
     "constant_schedule",
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",

@@ -1,0 +1,172 @@
+"""Readable optimisers: they print as their composition, and stay optax/Flax compatible."""
+
+import ast
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.training import train_state
+
+import gradtx
+from gradtx import base, schedules
+from gradtx.guards import apply_if_finite, zero_nans
+from gradtx.hyperparams import inject_hyperparams
+from gradtx.monitor import monitor
+from gradtx.plateau import reduce_on_plateau
+
+
+def test_adam_prints_its_composition():
+    assert str(gradtx.adam(1e-3)) == (
+        "chain(scale_by_adam(b1=0.9, b2=0.999, eps=1e-08), scale_by_learning_rate(0.001))"
+    )
+    opt = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adamw(3e-4, weight_decay=0.01))
+    assert repr(opt) == (
+        "chain(clip_by_global_norm(max_norm=1.0), chain(scale_by_adam(b1=0.9, b2=0.999, "
+        "eps=1e-08), add_decayed_weights(weight_decay=0.01), scale_by_learning_rate(0.0003)))"
+    )
+
+
+@pytest.mark.parametrize(
+    "opt, expected",
+    [
+        # Off switches (None, False, 0 at their default) are left out...
+        (gradtx.trace(0.9), "trace(decay=0.9)"),
+        (gradtx.ema(0.9), "ema(decay=0.9)"),
+        (gradtx.add_decayed_weights(), "add_decayed_weights()"),
+        # ...and shown once switched on; defaults that are not off are always shown.
+        (
+            gradtx.scale_by_adam(eps_root=1e-6, mu_dtype=jnp.bfloat16, nesterov=True),
+            "scale_by_adam(b1=0.9, b2=0.999, eps=1e-08, eps_root=1e-06, mu_dtype=jnp.bfloat16, "
+            "nesterov=True)",
+        ),
+        (gradtx.ema(0.9, debias=True), "ema(decay=0.9, debias=True)"),
+        (gradtx.scale_by_rms(), "scale_by_rms(decay=0.9, eps=1e-08, eps_in_sqrt=True)"),
+        (
+            gradtx.scale_by_rms(initial_scale=0.1, eps_in_sqrt=False),
+            "scale_by_rms(decay=0.9, eps=1e-08, initial_scale=0.1, eps_in_sqrt=False)",
+        ),
+        (gradtx.add_constant(0.0), "add_constant(value=0.0)"),  # no default: always shown
+        (
+            gradtx.scale_by_learning_rate(0.1, flip_sign=False),
+            "scale_by_learning_rate(0.1, flip_sign=False)",
+        ),
+        # Callables: closures by the factory that made them, lambdas by their arguments.
+        (
+            gradtx.sgd(schedules.cosine_decay_schedule(0.1, 100)),
+            "scale_by_learning_rate(cosine_decay_schedule(...))",
+        ),
+        (gradtx.sgd(lambda count: 0.1), "scale_by_learning_rate(lambda count: ...)"),
+        # The training-grade wrappers.
+        (
+            monitor(apply_if_finite(gradtx.sgd(0.1), 3)),
+            "monitor(apply_if_finite(scale_by_learning_rate(0.1), max_consecutive_errors=3))",
+        ),
+        (gradtx.chain(zero_nans(), monitor()), "chain(zero_nans(), monitor())"),
+        (
+            inject_hyperparams(gradtx.sgd)(0.1, momentum=0.9),
+            "inject_hyperparams(sgd)(learning_rate=0.1, momentum=0.9)",
+        ),
+    ],
+)
+def test_printing_rules(opt, expected):
+    assert repr(opt) == expected
+
+
+OPTIMISERS = [
+    "sgd(0.1)",
+    "sgd(0.1, momentum=0.9, nesterov=True, accumulator_dtype=jnp.float32)",
+    "momentum_ewa(0.1, debias=True)",
+    "rmsprop(0.01, centered=True, momentum=0.9, eps_in_sqrt=False)",
+    "adagrad(0.1)",
+    "adam(0.001)",
+    "adam(0.001, eps_root=1e-08, mu_dtype=jnp.bfloat16, nu_dtype=jnp.float32)",
+    "adamw(0.001, weight_decay=0.1)",
+    "nadam(0.001)",
+    "amsgrad(0.001, mu_dtype=jnp.float32)",
+    "scale_by_adam_composed()",
+    "chain(clip_by_global_norm(1.0), adam(0.001))",
+    "chain(clip(1.0), sgd(0.1), reduce_on_plateau(patience=3, mode='max'))",
+]
+
+
+@pytest.mark.parametrize("source", OPTIMISERS)
+def test_printed_form_is_python_that_builds_the_same_optimiser(source):
+    namespace = {**vars(gradtx), "jnp": jnp, "reduce_on_plateau": reduce_on_plateau}
+    opt = eval(source, namespace)
+    printed = repr(opt)
+    ast.parse(printed)
+    rebuilt = eval(printed, namespace)
+    assert repr(rebuilt) == printed
+    params = {"w": jnp.linspace(-1.0, 1.0, 4)}
+    grads = {"w": jnp.asarray([0.5, -1.0, 2.0, 0.0])}
+    outs = []
+    for o in (opt, rebuilt):
+        state = o.init(params)
+        for _ in range(2):
+            updates, state = o.update(grads, state, params, value=jnp.asarray(1.0))
+        outs.append(updates["w"])
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_relabelling_an_update_does_not_rename_the_original():
+    t = gradtx.scale(2.0)
+    renamed = base.transformation("double", t.init, t.update)
+    assert repr(t) == "scale(2.0)" and repr(renamed) == "double()"
+
+
+# ----------------------------------------------------------------------------
+# Compatibility: optax inside gradtx, gradtx inside optax and Flax.
+
+
+def test_optax_transforms_inside_a_gradtx_chain_print_and_run():
+    opt = gradtx.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2), gradtx.scale(0.5))
+    printed = repr(opt)
+    assert "optax.chain(...)" in printed and "clip_by_global_norm" in printed
+    assert printed.endswith("scale(0.5))")
+    params = {"w": jnp.ones(3)}
+    ref_opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
+    with jax.numpy_dtype_promotion("standard"):
+        updates, _ = opt.update(params, opt.init(params), params)
+        ref, _ = ref_opt.update(params, ref_opt.init(params), params)
+    np.testing.assert_allclose(updates["w"], 0.5 * ref["w"], rtol=1e-6)
+
+
+def test_gradtx_inside_optax_chain_runs_like_gradtx_chain():
+    params = {"w": jnp.linspace(-1.0, 1.0, 4)}
+    ours = gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adam(1e-2))
+    mixed = optax.chain(gradtx.clip_by_global_norm(1.0), gradtx.adam(1e-2))
+    assert "GradientTransformation" in repr(mixed)  # optax's own repr, unbroken
+    s1, s2 = ours.init(params), mixed.init(params)
+    with jax.numpy_dtype_promotion("standard"):
+        for _ in range(3):
+            u1, s1 = ours.update(params, s1, params)
+            u2, s2 = mixed.update(params, s2, params)
+    np.testing.assert_array_equal(u1["w"], u2["w"])
+
+
+def test_flax_train_state_step_with_a_gradtx_optimiser():
+    def apply_fn(params, x):
+        return x @ params["w"] + params["b"][None, :]
+
+    params = {"w": jnp.full((3, 2), 0.1), "b": jnp.zeros(2)}
+    x, y = jnp.ones((4, 3)), jnp.ones((4, 2))
+    tx = gradtx.adamw(1e-2, weight_decay=0.01)
+    state = train_state.TrainState.create(apply_fn=apply_fn, params=params, tx=tx)
+
+    @jax.jit
+    def train_step(state):
+        def loss_fn(p):
+            return jnp.mean((state.apply_fn(p, x) - y) ** 2)
+
+        grads = jax.grad(loss_fn)(state.params)
+        return state.apply_gradients(grads=grads), grads
+
+    new_state, grads = train_step(state)
+    updates, opt_state = tx.update(grads, tx.init(params), params)
+    expected = gradtx.apply_updates(params, updates)
+    for k in params:
+        np.testing.assert_allclose(new_state.params[k], expected[k], rtol=1e-6)
+    assert int(new_state.step) == 1
+    assert "scale_by_adam(b1=0.9" in repr(new_state.tx)
