@@ -74,7 +74,7 @@ class EmptyState(NamedTuple):
     """The state of a stateless transformation: an empty pytree."""
 
 
-def _as_dtype(value: Any) -> np.dtype | None:
+def as_dtype(value: Any) -> np.dtype | None:
     """`value` as a dtype when it names one (`jnp.float32`, `np.dtype('bfloat16')`), else None."""
     if isinstance(value, np.dtype):
         return value
@@ -85,7 +85,7 @@ def _as_dtype(value: Any) -> np.dtype | None:
     return None
 
 
-def _is_transformation(value: Any) -> bool:
+def is_transformation(value: Any) -> bool:
     """A gradtx or foreign (optax) transformation: a tuple with callable `init` and `update`."""
     return (
         isinstance(value, tuple)
@@ -94,7 +94,7 @@ def _is_transformation(value: Any) -> bool:
     )
 
 
-def _callable_name(f: Any) -> str:
+def callable_name(f: Any) -> str:
     """A function as written where it was passed: `name`, `factory(...)` for a closure."""
     qualname = getattr(f, "__qualname__", None)
     if not isinstance(qualname, str):
@@ -130,14 +130,14 @@ def _format_value(value: Any) -> str:
     dtypes as `jnp.float32`, closures as the factory that made them
     (`cosine_decay_schedule(...)`), scalars by value and other arrays by shape.
     """
-    if _is_transformation(value):
+    if is_transformation(value):
         return _describe_transformation(value)
-    dtype = _as_dtype(value)
+    dtype = as_dtype(value)
     if dtype is not None:
         return f"jnp.{dtype.name}"
     if callable(value):
         describe = getattr(value, "__gradtx_describe__", None)
-        return describe() if describe is not None else _callable_name(value)
+        return describe() if describe is not None else callable_name(value)
     if isinstance(value, jax.core.Tracer):
         return f"<traced {value.dtype}{list(value.shape)}>"
     if isinstance(value, (jax.Array, np.ndarray, np.generic)):
@@ -212,7 +212,44 @@ def transformation(
 
     update.__gradtx_describe__ = describe  # type: ignore[attr-defined]
     update.__gradtx_name__ = name  # type: ignore[attr-defined]
+    update.__gradtx_args__ = args  # type: ignore[attr-defined]
+    update.__gradtx_hparams__ = hparams  # type: ignore[attr-defined]
     return GradientTransformation(init, update)
+
+
+def accepts_extra_args(update: Callable) -> bool:
+    """True when `update` takes `**extra_args` (gradtx pieces, optax's ExtraArgs ones)."""
+    try:
+        params = inspect.signature(update).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def as_transformation(fn: str, where: str, tx: Any) -> GradientTransformation:
+    """`tx` (gradtx, optax, any `init`/`update` pair) as a GradientTransformation whose
+    update takes `**extra_args`; those a foreign update cannot take are dropped.
+
+    Raises:
+        TypeError: naming `fn` and `where` when `tx` has no callable init/update.
+    """
+    init, update = getattr(tx, "init", None), getattr(tx, "update", None)
+    if not (callable(init) and callable(update)):
+        raise TypeError(
+            f"{fn}: {where} must be a gradient transformation (an object with init and "
+            f"update), got {type(tx).__name__}"
+        )
+    if accepts_extra_args(update):
+        return (
+            tx if isinstance(tx, GradientTransformation) else GradientTransformation(init, update)
+        )
+
+    def update_dropping_extras(updates, state, params=None, **extra_args):
+        del extra_args
+        return update(updates, state, params)
+
+    update_dropping_extras.__gradtx_describe__ = lambda: _format_value(tx)  # type: ignore[attr-defined]
+    return GradientTransformation(init, update_dropping_extras)
 
 
 def identity() -> GradientTransformation:
@@ -482,6 +519,18 @@ def compute_dtype(*arrays: ArrayLike) -> jnp.dtype:
     """
     wide = any(jnp.result_type(x) == jnp.float64 for x in arrays)
     return jnp.dtype(jnp.float64 if wide else jnp.float32)
+
+
+def as_compute(value: ArrayLike, dtype: Any) -> ArrayLike:
+    """A hyper-parameter ready to meet arrays of `dtype` under strict promotion.
+
+    Python numbers stay Python numbers (weakly typed, so `1 - decay` is taken in
+    double precision and rounded once); arrays, e.g. the traced values that
+    `inject_hyperparams` passes in, are cast to `dtype`.
+    """
+    if isinstance(value, numbers.Number):
+        return value
+    return jnp.asarray(value).astype(dtype)
 
 
 def scale_leaf(u: Array, s: ArrayLike) -> Array:

@@ -12,7 +12,6 @@ keyword arguments of `update` reach the pieces whose `update` accepts them.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
@@ -20,35 +19,6 @@ import jax
 
 from gradtx import base
 from gradtx.base import GradientTransformation, PyTree
-
-
-def _accepts_extra_args(update: Callable) -> bool:
-    try:
-        params = inspect.signature(update).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
-def _checked(fn: str, where: str, tx: Any) -> GradientTransformation:
-    """`tx` as a GradientTransformation whose update takes **extra_args."""
-    init, update = getattr(tx, "init", None), getattr(tx, "update", None)
-    if not (callable(init) and callable(update)):
-        raise TypeError(
-            f"{fn}: {where} must be a gradient transformation (an object with init and "
-            f"update), got {type(tx).__name__}"
-        )
-    if _accepts_extra_args(update):
-        return (
-            tx if isinstance(tx, GradientTransformation) else GradientTransformation(init, update)
-        )
-
-    def update_dropping_extras(updates, state, params=None, **extra_args):
-        del extra_args
-        return update(updates, state, params)
-
-    update_dropping_extras.__gradtx_describe__ = lambda: repr(tx)  # type: ignore[attr-defined]
-    return GradientTransformation(init, update_dropping_extras)
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
@@ -63,7 +33,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     Returns:
         A `GradientTransformation` with a tuple of states.
     """
-    txs = tuple(_checked("chain", f"argument {i}", t) for i, t in enumerate(transforms))
+    txs = tuple(
+        base.as_transformation("chain", f"argument {i}", t) for i, t in enumerate(transforms)
+    )
 
     def init(params):
         return tuple(t.init(params) for t in txs)
@@ -99,7 +71,10 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
         if pair[0] in names:
             raise ValueError(f"named_chain: name {pair[0]!r} is used twice")
         names.append(pair[0])
-    txs = {name: _checked("named_chain", f"transformation {name!r}", t) for name, t in transforms}
+    txs = {
+        name: base.as_transformation("named_chain", f"transformation {name!r}", t)
+        for name, t in transforms
+    }
 
     def init(params):
         return {name: t.init(params) for name, t in txs.items()}
@@ -142,8 +117,8 @@ def divide(numerator: GradientTransformation, denominator: GradientTransformatio
     Returns:
         A `GradientTransformation` with state `DivideState(numerator, denominator)`.
     """
-    num = _checked("divide", "numerator", numerator)
-    den = _checked("divide", "denominator", denominator)
+    num = base.as_transformation("divide", "numerator", numerator)
+    den = base.as_transformation("divide", "denominator", denominator)
 
     def init(params):
         return DivideState(num.init(params), den.init(params))
@@ -205,7 +180,7 @@ def masked(inner: GradientTransformation, mask: PyTree | Callable[[PyTree], PyTr
     Returns:
         A `GradientTransformation` with state `MaskedState(inner_state)`.
     """
-    tx = _checked("masked", "inner", inner)
+    tx = base.as_transformation("masked", "inner", inner)
 
     def init(params):
         mask_tree = _resolve_mask("masked", mask, params)
@@ -248,7 +223,10 @@ def partition(
             f"partition: transforms must be a non-empty mapping label -> transformation, "
             f"got {transforms!r}"
         )
-    txs = {k: _checked("partition", f"transforms[{k!r}]", t) for k, t in transforms.items()}
+    txs = {
+        k: base.as_transformation("partition", f"transforms[{k!r}]", t)
+        for k, t in transforms.items()
+    }
 
     def labels_of(tree):
         labels = param_labels(tree) if callable(param_labels) else param_labels

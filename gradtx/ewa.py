@@ -24,11 +24,15 @@ class BiasCorrectionState(NamedTuple):
 def moment_update(decay: float, moment: Array, value: Array, order: int = 1) -> Array:
     r"""One EWA step $\beta m + (1 - \beta) x^k$ ($k$ = `order`), in the moment's dtype.
 
-    The value is cast before it is squared, so float32 moments of bfloat16
-    gradients get float32 squares.
+    Computed in float32 or wider (`base.compute_dtype`) and stored back in the
+    moment's dtype, so float32 moments of bfloat16 gradients get float32
+    squares, and a bfloat16 moment meets a float32 `decay` under strict promotion.
     """
-    x = value.astype(moment.dtype)
-    return decay * moment + (1 - decay) * (x if order == 1 else x * x)
+    dtype = base.compute_dtype(moment, value)
+    decay = base.as_compute(decay, dtype)
+    x = value.astype(dtype)
+    new = decay * moment.astype(dtype) + (1 - decay) * (x if order == 1 else x * x)
+    return new.astype(moment.dtype)
 
 
 def debias_factor(decay: Any, count: Int[Array, ""]) -> Array:

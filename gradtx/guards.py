@@ -16,7 +16,6 @@ from jaxtyping import Array, Bool, Int
 
 from gradtx import base
 from gradtx.base import GradientTransformation, PyTree
-from gradtx.combine import _checked
 
 
 class ApplyIfFiniteState(NamedTuple):
@@ -81,7 +80,7 @@ def apply_if_finite(
         raise ValueError(
             f"{fn}: max_consecutive_errors must be an integer >= 0, got {max_consecutive_errors!r}"
         )
-    tx = _checked(fn, "inner", inner)
+    tx = base.as_transformation(fn, "inner", inner)
 
     def init(params):
         return ApplyIfFiniteState(

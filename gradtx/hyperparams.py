@@ -32,7 +32,6 @@ from jaxtyping import Array, ArrayLike, Int
 
 from gradtx import base
 from gradtx.base import GradientTransformation, PyTree
-from gradtx.combine import _checked
 
 
 class InjectHyperparamsState(NamedTuple):
@@ -46,8 +45,8 @@ def _is_static(value: Any) -> bool:
     return (
         value is None
         or isinstance(value, (bool, np.bool_, str, bytes))
-        or base._as_dtype(value) is not None
-        or base._is_transformation(value)
+        or base.as_dtype(value) is not None
+        or base.is_transformation(value)
     )
 
 
@@ -140,7 +139,7 @@ def inject_hyperparams(
             f"{list(signature.parameters)}"
         )
     float_dtype = base.canonicalize_dtype(fn, "hyperparam_dtype", hyperparam_dtype)
-    factory_name = base._callable_name(inner_factory)
+    factory_name = base.callable_name(inner_factory)
 
     @functools.wraps(inner_factory)
     def make(*args: Any, **kwargs: Any) -> GradientTransformation:
@@ -183,7 +182,9 @@ def inject_hyperparams(
         def update(updates, state, params=None, **extra_args):
             stored = {k: _stored(v, jnp.result_type(v)) for k, v in state.hyperparams.items()}
             hyperparams = values_at(state.count, stored)
-            inner = _checked(fn, f"{factory_name}(...)", inner_factory(**static, **hyperparams))
+            inner = base.as_transformation(
+                fn, f"{factory_name}(...)", inner_factory(**static, **hyperparams)
+            )
             updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
             count = base.safe_increment(state.count)
             return updates, InjectHyperparamsState(count, hyperparams, inner_state)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
-
 from gradtx import base
 from gradtx.base import GradientTransformation, PyTree
 from gradtx.ewa import zeros_like_tree
@@ -61,13 +59,15 @@ def trace(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         base.check_tree_match("trace", updates, state.trace)
-        new_trace = jax.tree.map(lambda v, g: decay * v + g.astype(v.dtype), state.trace, updates)
-        if nesterov:
-            out = jax.tree.map(
-                lambda v, g: (g.astype(v.dtype) + decay * v).astype(g.dtype), new_trace, updates
-            )
-        else:
-            out = jax.tree.map(lambda v, g: v.astype(g.dtype), new_trace, updates)
+
+        def leaf(g, v):
+            dtype = base.compute_dtype(g, v)
+            beta = base.as_compute(decay, dtype)
+            v_new = beta * v.astype(dtype) + g.astype(dtype)
+            out = g.astype(dtype) + beta * v_new if nesterov else v_new
+            return out.astype(g.dtype), v_new.astype(v.dtype)
+
+        out, new_trace = base.tree_map_multi(leaf, 2, updates, state.trace)
         return out, TraceState(new_trace)
 
     return base.transformation(

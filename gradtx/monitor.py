@@ -21,7 +21,6 @@ from jaxtyping import Array, Float, Int
 from gradtx import base
 from gradtx.base import GradientTransformation, PyTree
 from gradtx.clipping import global_norm
-from gradtx.combine import _checked
 
 
 class MonitorState(NamedTuple):
@@ -58,7 +57,7 @@ def monitor(inner: GradientTransformation | None = None) -> GradientTransformati
         update_norm, param_norm, grad_param_ratio, update_param_ratio, inner_state)`.
     """
     fn = "monitor"
-    tx = base.identity() if inner is None else _checked(fn, "inner", inner)
+    tx = base.identity() if inner is None else base.as_transformation(fn, "inner", inner)
 
     def init(params):
         zero = jnp.zeros([], jnp.float32)

@@ -78,32 +78,41 @@ def rmsprop(
     momentum: float | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
+    accumulator_dtype: Any | None = None,
 ) -> GradientTransformation:
     r"""RMSprop (IDEAS §5): $W \leftarrow W - \alpha\, g / \sqrt{S + \epsilon}$.
 
     `chain(scale_by_rms(...) or scale_by_stddev(...) if centered, scale_by_learning_rate,
     [trace(momentum, nesterov)])` — momentum is applied after the rate, as in optax.
+    `accumulator_dtype` (gradtx only) sets the storage dtype of the moments,
+    e.g. float32 for bfloat16 params.
     """
     scaler = scale_by_stddev if centered else scale_by_rms
     pieces = [
-        scaler(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
+        scaler(decay, eps, initial_scale, eps_in_sqrt, bias_correction, accumulator_dtype),
         _lr("rmsprop", learning_rate),
     ]
     if momentum is not None:
-        pieces.append(trace(momentum, nesterov))
+        pieces.append(trace(momentum, nesterov, accumulator_dtype))
     elif nesterov:
         raise ValueError("rmsprop: nesterov=True needs a momentum, got momentum=None")
     return chain(*pieces)
 
 
 def adagrad(
-    learning_rate: ScalarOrSchedule, initial_accumulator_value: float = 0.1, eps: float = 1e-7
+    learning_rate: ScalarOrSchedule,
+    initial_accumulator_value: float = 0.1,
+    eps: float = 1e-7,
+    accumulator_dtype: Any | None = None,
 ) -> GradientTransformation:
     r"""Adagrad: $W \leftarrow W - \alpha\, g_t / \sqrt{\sum_{s \le t} g_s^2 + \epsilon}$.
 
     `chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))`.
     """
-    return chain(scale_by_rss(initial_accumulator_value, eps), _lr("adagrad", learning_rate))
+    return chain(
+        scale_by_rss(initial_accumulator_value, eps, accumulator_dtype),
+        _lr("adagrad", learning_rate),
+    )
 
 
 def adam(

@@ -2,7 +2,7 @@ r"""RMS scaling (IDEAS §5): divide each coordinate by the root of its mean squa
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,9 @@ class ScaleByRssState(NamedTuple):
 
 
 def _inverse_root(s: Array, eps: float, eps_in_sqrt: bool) -> Array:
-    r"""$1/\sqrt{s + \epsilon}$ or $1/(\sqrt{s} + \epsilon)$."""
+    r"""$1/\sqrt{s + \epsilon}$ or $1/(\sqrt{s} + \epsilon)$, in float32 or wider."""
+    dtype = base.compute_dtype(s)
+    s, eps = s.astype(dtype), base.as_compute(eps, dtype)
     if eps_in_sqrt:
         return jax.lax.rsqrt(s + eps)
     return 1 / (jnp.sqrt(s) + eps)
@@ -49,6 +51,7 @@ def scale_by_rms(
     initial_scale: float = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
+    accumulator_dtype: Any | None = None,
 ) -> GradientTransformation:
     r"""RMSprop's scaling: divide by the root of an EWA of squared updates.
 
@@ -68,6 +71,8 @@ def scale_by_rms(
         initial_scale: $S_0 \geq 0$.
         eps_in_sqrt: add $\epsilon$ inside the root (True) or outside it.
         bias_correction: divide $S_t$ by $1 - \beta^t$.
+        accumulator_dtype: storage dtype of $S$ (e.g. float32 for bfloat16
+            params); None keeps each parameter's dtype. gradtx only.
 
     Returns:
         A `GradientTransformation` with state `ScaleByRmsState(count, nu)`.
@@ -76,9 +81,12 @@ def scale_by_rms(
         ValueError: for `decay` outside $[0, 1)$ or negative `eps`/`initial_scale`.
     """
     _check_rms_args("scale_by_rms", decay, eps, initial_scale, eps_in_sqrt, bias_correction)
+    dtype = base.canonicalize_dtype("scale_by_rms", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return ScaleByRmsState(base.zero_count(), zeros_like_tree(params, fill=initial_scale))
+        return ScaleByRmsState(
+            base.zero_count(), zeros_like_tree(params, dtype, fill=initial_scale)
+        )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -102,6 +110,7 @@ def scale_by_rms(
         initial_scale=initial_scale,
         eps_in_sqrt=eps_in_sqrt,
         bias_correction=bias_correction,
+        accumulator_dtype=dtype,
     )
 
 
@@ -111,6 +120,7 @@ def scale_by_stddev(
     initial_scale: float = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
+    accumulator_dtype: Any | None = None,
 ) -> GradientTransformation:
     r"""Centred RMS scaling: divide by an estimate of the standard deviation.
 
@@ -128,10 +138,13 @@ def scale_by_stddev(
         A `GradientTransformation` with state `ScaleByStddevState(count, mu, nu)`.
     """
     _check_rms_args("scale_by_stddev", decay, eps, initial_scale, eps_in_sqrt, bias_correction)
+    dtype = base.canonicalize_dtype("scale_by_stddev", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
         return ScaleByStddevState(
-            base.zero_count(), zeros_like_tree(params), zeros_like_tree(params, fill=initial_scale)
+            base.zero_count(),
+            zeros_like_tree(params, dtype),
+            zeros_like_tree(params, dtype, fill=initial_scale),
         )
 
     def update(updates, state, params=None, **extra_args):
@@ -159,11 +172,14 @@ def scale_by_stddev(
         initial_scale=initial_scale,
         eps_in_sqrt=eps_in_sqrt,
         bias_correction=bias_correction,
+        accumulator_dtype=dtype,
     )
 
 
 def scale_by_rss(
-    initial_accumulator_value: float = 0.1, eps: float = 1e-7
+    initial_accumulator_value: float = 0.1,
+    eps: float = 1e-7,
+    accumulator_dtype: Any | None = None,
 ) -> GradientTransformation:
     r"""Adagrad's scaling: divide by the root of the sum of all squared updates so far.
 
@@ -176,6 +192,7 @@ def scale_by_rss(
     Args:
         initial_accumulator_value: $G_0 \geq 0$.
         eps: $\epsilon \geq 0$.
+        accumulator_dtype: storage dtype of $G$; None keeps each parameter's dtype.
 
     Returns:
         A `GradientTransformation` with state `ScaleByRssState(sum_of_squares)`.
@@ -183,18 +200,25 @@ def scale_by_rss(
     base.check_non_negative("scale_by_rss", "initial_accumulator_value", initial_accumulator_value)
     base.check_non_negative("scale_by_rss", "eps", eps)
 
+    dtype = base.canonicalize_dtype("scale_by_rss", "accumulator_dtype", accumulator_dtype)
+
     def init(params):
-        return ScaleByRssState(zeros_like_tree(params, fill=initial_accumulator_value))
+        return ScaleByRssState(zeros_like_tree(params, dtype, fill=initial_accumulator_value))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         base.check_tree_match("scale_by_rss", updates, state.sum_of_squares)
         total = jax.tree.map(
-            lambda s, g: s + jnp.square(g.astype(s.dtype)), state.sum_of_squares, updates
+            lambda s, g: (
+                s.astype(base.compute_dtype(s, g)) + jnp.square(g.astype(base.compute_dtype(s, g)))
+            ).astype(s.dtype),
+            state.sum_of_squares,
+            updates,
         )
 
         def scaled(g, s):
-            inv = jnp.where(s > 0, jax.lax.rsqrt(s + eps), jnp.zeros_like(s))
+            s = s.astype(base.compute_dtype(s))
+            inv = jnp.where(s > 0, jax.lax.rsqrt(s + base.as_compute(eps, s.dtype)), 0)
             return base.scale_leaf(g, inv)
 
         return jax.tree.map(scaled, updates, total), ScaleByRssState(total)
@@ -205,4 +229,5 @@ def scale_by_rss(
         update,
         initial_accumulator_value=initial_accumulator_value,
         eps=eps,
+        accumulator_dtype=dtype,
     )

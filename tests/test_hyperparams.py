@@ -269,24 +269,11 @@ def test_bfloat16_params_keep_bfloat16_moments_and_float32_hyperparams():
         (gradtx.adam, {"learning_rate": 1e-3}),
         (gradtx.adam, {"learning_rate": 1e-3, "mu_dtype": jnp.float32, "nu_dtype": jnp.float32}),
         (gradtx.sgd, {"learning_rate": 0.1, "momentum": 0.9, "accumulator_dtype": jnp.float32}),
-        *[
-            pytest.param(
-                factory,
-                kwargs,
-                marks=pytest.mark.xfail(
-                    reason="the per-leaf math combines a traced float32 hyper-parameter with "
-                    "bfloat16 leaves (`decay * v` in trace/ema/scale_by_rms, `s + eps` in "
-                    "scale_by_rms/scale_by_rss): strict promotion refuses it",
-                    strict=False,
-                ),
-            )
-            for factory, kwargs in [
-                (gradtx.sgd, {"learning_rate": 0.1, "momentum": 0.9}),
-                (gradtx.momentum_ewa, {"learning_rate": 0.1}),
-                (gradtx.rmsprop, {"learning_rate": 0.1}),
-                (gradtx.adagrad, {"learning_rate": 0.1}),
-            ]
-        ],
+        (gradtx.sgd, {"learning_rate": 0.1, "momentum": 0.9}),
+        (gradtx.momentum_ewa, {"learning_rate": 0.1}),
+        (gradtx.rmsprop, {"learning_rate": 0.1}),
+        (gradtx.rmsprop, {"learning_rate": 0.1, "centered": True, "momentum": 0.9}),
+        (gradtx.adagrad, {"learning_rate": 0.1}),
     ],
 )
 def test_injected_state_dtypes_are_stable_with_bfloat16_params(factory, kwargs):
