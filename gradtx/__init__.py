@@ -5,7 +5,8 @@ Adam, learning-rate decay — is a small, pure `GradientTransformation`; the
 optimisers are short chains of them. Structurally compatible with optax.
 """
 
-from gradtx import schedules
+from gradtx import data, schedules
+from gradtx.accumulation import AccumulateState, accumulate, has_updated
 from gradtx.adam import (
     ScaleByAdamState,
     ScaleByAmsgradState,
@@ -91,6 +92,10 @@ from gradtx.weight_decay import AddDecayedWeightsState, add_decayed_weights
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccumulateState",
+    "accumulate",
+    "has_updated",
+    "data",
     "LeafSummary",
     "StateSummary",
     "restore_state",
