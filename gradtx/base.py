@@ -252,18 +252,29 @@ def as_transformation(fn: str, where: str, tx: Any) -> GradientTransformation:
     return GradientTransformation(init, update_dropping_extras)
 
 
-def identity() -> GradientTransformation:
-    """Passes updates through unchanged: $u_t = g_t$. Stores nothing."""
+def named_stateless(
+    name: str, f: Callable[[Updates, Params | None], Updates], *args: Any, **hparams: Any
+) -> GradientTransformation:
+    """A stateless transformation `f(updates, params) -> updates` that prints as `name(...)`.
+
+    The building block of every piece without state (`identity`, `clip`,
+    `square`, ...); `args`/`hparams` are shown as in `transformation`.
+    """
 
     def init(params):
         del params
         return EmptyState()
 
     def update(updates, state, params=None, **extra_args):
-        del params, extra_args
-        return updates, state
+        del extra_args
+        return f(updates, params), state
 
-    return transformation("identity", init, update)
+    return transformation(name, init, update, *args, **hparams)
+
+
+def identity() -> GradientTransformation:
+    """Passes updates through unchanged: $u_t = g_t$. Stores nothing."""
+    return named_stateless("identity", lambda updates, params: updates)
 
 
 def stateless(
@@ -277,16 +288,7 @@ def stateless(
     """
     if not callable(f):
         raise TypeError(f"stateless: f must be callable, got {type(f).__name__}")
-
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None, **extra_args):
-        del extra_args
-        return f(updates, params), state
-
-    return transformation("stateless", init, update, name or getattr(f, "__name__", "f"))
+    return named_stateless("stateless", f, name or getattr(f, "__name__", "f"))
 
 
 def stateless_with_tree_map(
@@ -301,19 +303,12 @@ def stateless_with_tree_map(
     if not callable(f):
         raise TypeError(f"stateless_with_tree_map: f must be callable, got {type(f).__name__}")
 
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None, **extra_args):
-        del extra_args
+    def leafwise(updates, params):
         if params is None:
-            return jax.tree.map(lambda g: f(g, None), updates), state
-        return jax.tree.map(f, updates, params), state
+            return jax.tree.map(lambda g: f(g, None), updates)
+        return jax.tree.map(f, updates, params)
 
-    return transformation(
-        "stateless_with_tree_map", init, update, name or getattr(f, "__name__", "f")
-    )
+    return named_stateless("stateless_with_tree_map", leafwise, name or getattr(f, "__name__", "f"))
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from gradtx import base
-from gradtx.base import EmptyState, GradientTransformation, PyTree
+from gradtx.base import GradientTransformation, PyTree
 
 
 def global_norm(tree: PyTree) -> Float[Array, ""]:
@@ -19,18 +19,6 @@ def global_norm(tree: PyTree) -> Float[Array, ""]:
     return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(x).astype(dtype))) for x in leaves))
 
 
-def _stateless(name: str, f, **hparams) -> GradientTransformation:
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None, **extra_args):
-        del params, extra_args
-        return f(updates), state
-
-    return base.transformation(name, init, update, **hparams)
-
-
 def clip(max_delta: float) -> GradientTransformation:
     r"""Clips every coordinate to $[-\delta, \delta]$: $u_i = \min(\max(g_i, -\delta), \delta)$.
 
@@ -38,9 +26,9 @@ def clip(max_delta: float) -> GradientTransformation:
         max_delta: $\delta \geq 0$.
     """
     base.check_non_negative("clip", "max_delta", max_delta)
-    return _stateless(
+    return base.named_stateless(
         "clip",
-        lambda updates: jax.tree.map(
+        lambda updates, params: jax.tree.map(
             lambda g: jnp.clip(
                 g, -jnp.asarray(max_delta, g.dtype), jnp.asarray(max_delta, g.dtype)
             ),
@@ -67,4 +55,4 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         factor = jnp.where(norm <= max_norm, 1.0, max_norm / jnp.maximum(norm, max_norm))
         return jax.tree.map(lambda g: base.scale_leaf(g, factor), updates)
 
-    return _stateless("clip_by_global_norm", f, max_norm=max_norm)
+    return base.named_stateless("clip_by_global_norm", lambda u, p: f(u), max_norm=max_norm)

@@ -12,19 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from gradtx import base
-from gradtx.base import EmptyState, GradientTransformation
+from gradtx.base import GradientTransformation
 
 
 def _leafwise(name: str, f, **hparams) -> GradientTransformation:
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None, **extra_args):
-        del params, extra_args
-        return jax.tree.map(f, updates), state
-
-    return base.transformation(name, init, update, **hparams)
+    return base.named_stateless(name, lambda updates, params: jax.tree.map(f, updates), **hparams)
 
 
 def square() -> GradientTransformation:
