@@ -52,7 +52,7 @@ from gradtx.hyperparams import (
     set_hyperparam,
 )
 from gradtx.momentum import TraceState, trace
-from gradtx.monitor import MonitorState, monitor
+from gradtx.monitor import MonitorNormsState, monitor_norms
 from gradtx.optimizers import (
     adagrad,
     adam,
@@ -109,8 +109,8 @@ __all__ = [
     "get_hyperparam",
     "inject_hyperparams",
     "set_hyperparam",
-    "MonitorState",
-    "monitor",
+    "MonitorNormsState",
+    "monitor_norms",
     "ReduceOnPlateauState",
     "reduce_on_plateau",
     "constant_schedule",

@@ -5,7 +5,7 @@ health check of a learning rate (around $10^{-3}$ per step is typical; far above
 it the run is unstable, far below it barely moves).
 
 ```python
-opt = monitor(adam(1e-3))
+opt = monitor_norms(adam(1e-3))
 updates, state = opt.update(grads, state, params)
 log(grad_norm=state.grad_norm, update_ratio=state.update_param_ratio)
 ```
@@ -23,7 +23,7 @@ from gradtx.base import GradientTransformation, PyTree
 from gradtx.clipping import global_norm
 
 
-class MonitorState(NamedTuple):
+class MonitorNormsState(NamedTuple):
     count: Int[Array, ""]  # steps seen
     grad_norm: Float[Array, ""]  # ||g_t||, the incoming updates
     update_norm: Float[Array, ""]  # ||u_t||, the updates emitted
@@ -33,14 +33,14 @@ class MonitorState(NamedTuple):
     inner_state: PyTree  # the inner transformation's state
 
 
-def monitor(inner: GradientTransformation | None = None) -> GradientTransformation:
+def monitor_norms(inner: GradientTransformation | None = None) -> GradientTransformation:
     r"""Passes `inner`'s updates through unchanged and records global norms in the state.
 
     $$\lVert g_t \rVert, \quad \lVert u_t \rVert, \quad \lVert \theta_t \rVert, \quad
       \frac{\lVert g_t \rVert}{\lVert \theta_t \rVert}, \quad
       \frac{\lVert u_t \rVert}{\lVert \theta_t \rVert}$$
 
-    with $g_t$ the incoming updates (the gradients, when `monitor` wraps the
+    with $g_t$ the incoming updates (the gradients, when `monitor_norms` wraps the
     whole optimiser), $u_t = \text{inner}(g_t)$ the emitted ones, $\theta_t$ the
     params passed to `update` (before this step's update) and
     $\lVert x \rVert = \sqrt{\sum_i x_i^2}$ over all leaves (`global_norm`),
@@ -53,15 +53,15 @@ def monitor(inner: GradientTransformation | None = None) -> GradientTransformati
         inner: the transformation to watch, e.g. `adam(1e-3)`; None for the identity.
 
     Returns:
-        A `GradientTransformation` with state `MonitorState(count, grad_norm,
+        A `GradientTransformation` with state `MonitorNormsState(count, grad_norm,
         update_norm, param_norm, grad_param_ratio, update_param_ratio, inner_state)`.
     """
-    fn = "monitor"
+    fn = "monitor_norms"
     tx = base.identity() if inner is None else base.as_transformation(fn, "inner", inner)
 
     def init(params):
         zero = jnp.zeros([], jnp.float32)
-        return MonitorState(base.zero_count(), zero, zero, zero, zero, zero, tx.init(params))
+        return MonitorNormsState(base.zero_count(), zero, zero, zero, zero, zero, tx.init(params))
 
     def update(updates, state, params=None, **extra_args):
         new_updates, inner_state = tx.update(updates, state.inner_state, params, **extra_args)
@@ -71,7 +71,7 @@ def monitor(inner: GradientTransformation | None = None) -> GradientTransformati
             param_norm = jnp.full([], jnp.nan, jnp.float32)
         else:
             param_norm = global_norm(params).astype(jnp.float32)
-        return new_updates, MonitorState(
+        return new_updates, MonitorNormsState(
             count=base.safe_increment(state.count),
             grad_norm=grad_norm,
             update_norm=update_norm,

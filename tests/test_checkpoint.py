@@ -11,7 +11,7 @@ import gradtx
 from gradtx.checkpoint import restore_state, state_summary
 from gradtx.guards import apply_if_finite
 from gradtx.hyperparams import inject_hyperparams, set_hyperparam
-from gradtx.monitor import monitor
+from gradtx.monitor import monitor_norms
 from gradtx.plateau import reduce_on_plateau
 
 OPTIMISERS = {
@@ -26,7 +26,7 @@ OPTIMISERS = {
     "amsgrad": lambda: gradtx.amsgrad(0.01),
     "adam_bf16_moments": lambda: gradtx.adam(0.01, mu_dtype=jnp.bfloat16),
     "injected_adam": lambda: inject_hyperparams(gradtx.adam)(learning_rate=lambda t: 0.01),
-    "guarded_plateau_monitor": lambda: monitor(
+    "guarded_plateau_monitor": lambda: monitor_norms(
         apply_if_finite(gradtx.chain(gradtx.adam(0.01), reduce_on_plateau(patience=1)), 2)
     ),
 }

@@ -8,7 +8,7 @@ import pytest
 import gradtx
 from gradtx.guards import apply_if_finite
 from gradtx.hyperparams import inject_hyperparams
-from gradtx.monitor import monitor
+from gradtx.monitor import monitor_norms
 from gradtx.plateau import reduce_on_plateau
 
 F32, BF16 = jnp.float32, jnp.bfloat16
@@ -88,7 +88,7 @@ OPTIMISERS = {
     "nadam_f32": lambda: gradtx.nadam(1e-3, mu_dtype=F32, nu_dtype=F32),
     "amsgrad_mu32": lambda: gradtx.amsgrad(1e-3, mu_dtype=F32),  # nu follows the params
     "injected_adam_f32": lambda: inject_hyperparams(gradtx.adam)(1e-3, mu_dtype=F32, nu_dtype=F32),
-    "guarded_monitored_plateau": lambda: monitor(
+    "guarded_monitored_plateau": lambda: monitor_norms(
         apply_if_finite(gradtx.chain(gradtx.adam(1e-3), reduce_on_plateau()), 3)
     ),
 }
@@ -120,4 +120,3 @@ def test_no_state_leaf_changes_dtype_under_jit(name):
         # Every floating moment (params-shaped leaf) is in the requested dtype.
         moments = [x for x in jax.tree.leaves(state) if jnp.shape(x) in ((3, 2), (2,))]
         assert moments and all(x.dtype == wanted for x in moments)
-

@@ -1,4 +1,4 @@
-"""monitor: records norms and ratios in the state, and leaves the updates alone."""
+"""monitor_norms: records norms and ratios in the state, and leaves the updates alone."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import optax
 
 import gradtx
-from gradtx.monitor import MonitorState, monitor
+from gradtx.monitor import MonitorNormsState, monitor_norms
 
 
 def make_params(dtype=jnp.float32):
@@ -23,7 +23,7 @@ def norm(tree):
 
 def test_records_norms_and_ratios_without_changing_updates():
     params = make_params()
-    opt, ref = monitor(gradtx.adam(1e-2)), gradtx.adam(1e-2)
+    opt, ref = monitor_norms(gradtx.adam(1e-2)), gradtx.adam(1e-2)
     state, ref_state = opt.init(params), ref.init(params)
     update, ref_update = jax.jit(opt.update), jax.jit(ref.update)
     for t in range(3):
@@ -47,21 +47,21 @@ def test_records_norms_and_ratios_without_changing_updates():
 
 def test_bare_monitor_in_a_chain_records_what_reaches_it():
     params = make_params(jnp.bfloat16)
-    opt = gradtx.chain(gradtx.clip_by_global_norm(0.5), monitor(), gradtx.sgd(0.1))
+    opt = gradtx.chain(gradtx.clip_by_global_norm(0.5), monitor_norms(), gradtx.sgd(0.1))
     state = opt.init(params)
     updates, state = jax.jit(opt.update)(params, state, params)
     watched = state[1]
-    assert isinstance(watched, MonitorState)
+    assert isinstance(watched, MonitorNormsState)
     np.testing.assert_allclose(watched.grad_norm, 0.5, rtol=1e-2)  # after clipping
     assert watched.grad_norm == watched.update_norm
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(updates))
     assert repr(opt) == (
-        "chain(clip_by_global_norm(max_norm=0.5), monitor(), scale_by_learning_rate(0.1))"
+        "chain(clip_by_global_norm(max_norm=0.5), monitor_norms(), scale_by_learning_rate(0.1))"
     )
 
 
 def test_without_params_the_param_norm_is_nan():
-    opt = monitor(gradtx.sgd(0.1))
+    opt = monitor_norms(gradtx.sgd(0.1))
     params = make_params()
     _, state = opt.update(params, opt.init(params))
     assert np.isnan(state.param_norm) and np.isnan(state.update_param_ratio)
@@ -69,7 +69,7 @@ def test_without_params_the_param_norm_is_nan():
 
 
 def test_state_is_stable_under_jit():
-    opt = monitor(gradtx.adam(1e-3))
+    opt = monitor_norms(gradtx.adam(1e-3))
     params = make_params(jnp.bfloat16)
     state = opt.init(params)
     _, new = jax.jit(opt.update)(params, state, params)
@@ -79,7 +79,7 @@ def test_state_is_stable_under_jit():
 
 def test_watches_an_optax_optimiser_and_is_found_by_name():
     params = make_params()
-    opt = monitor(optax.adam(1e-2))
+    opt = monitor_norms(optax.adam(1e-2))
     with jax.numpy_dtype_promotion("standard"):
         _, state = jax.jit(opt.update)(params, opt.init(params), params)
     np.testing.assert_allclose(state.update_norm, 1e-2 * np.sqrt(15), rtol=1e-4)

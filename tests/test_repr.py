@@ -13,7 +13,7 @@ import gradtx
 from gradtx import base, schedules
 from gradtx.guards import apply_if_finite, zero_nans
 from gradtx.hyperparams import inject_hyperparams
-from gradtx.monitor import monitor
+from gradtx.monitor import monitor_norms
 from gradtx.plateau import reduce_on_plateau
 
 
@@ -60,10 +60,10 @@ def test_adam_prints_its_composition():
         (gradtx.sgd(lambda count: 0.1), "scale_by_learning_rate(lambda count: ...)"),
         # The training-grade wrappers.
         (
-            monitor(apply_if_finite(gradtx.sgd(0.1), 3)),
-            "monitor(apply_if_finite(scale_by_learning_rate(0.1), max_consecutive_errors=3))",
+            monitor_norms(apply_if_finite(gradtx.sgd(0.1), 3)),
+            "monitor_norms(apply_if_finite(scale_by_learning_rate(0.1), max_consecutive_errors=3))",
         ),
-        (gradtx.chain(zero_nans(), monitor()), "chain(zero_nans(), monitor())"),
+        (gradtx.chain(zero_nans(), monitor_norms()), "chain(zero_nans(), monitor_norms())"),
         (
             inject_hyperparams(gradtx.sgd)(0.1, momentum=0.9),
             "inject_hyperparams(sgd)(learning_rate=0.1, momentum=0.9)",

@@ -8,7 +8,7 @@ import pytest
 import gradtx
 from gradtx.guards import apply_if_finite
 from gradtx.hyperparams import inject_hyperparams
-from gradtx.monitor import monitor
+from gradtx.monitor import monitor_norms
 from gradtx.plateau import reduce_on_plateau
 
 MEMBERS = 3
@@ -32,7 +32,7 @@ OPTIMISERS = {
     "injected_adam": lambda: inject_hyperparams(gradtx.adam)(learning_rate=1e-2),
     "plateau": lambda: gradtx.chain(gradtx.adam(1e-2), reduce_on_plateau(patience=1)),
     "guarded": lambda: apply_if_finite(gradtx.adam(1e-2), 2),
-    "monitored": lambda: monitor(gradtx.sgd(0.1, momentum=0.9)),
+    "monitored": lambda: monitor_norms(gradtx.sgd(0.1, momentum=0.9)),
 }
 
 
