@@ -44,6 +44,8 @@ from gradtx.combine import (
 )
 from gradtx.elementwise import add_constant, sqrt, square
 from gradtx.ewa import BiasCorrectionState, EmaState, bias_correction, ema
+from gradtx.fused import apply_step, native_available
+from gradtx.grouped import Grouped, GroupLayout, group, ungroup
 from gradtx.guards import ApplyIfFiniteState, ZeroNansState, all_finite, apply_if_finite, zero_nans
 from gradtx.hyperparams import (
     InjectHyperparamsState,
@@ -92,6 +94,12 @@ from gradtx.weight_decay import AddDecayedWeightsState, add_decayed_weights
 __version__ = "0.1.0"
 
 __all__ = [
+    "apply_step",
+    "native_available",
+    "GroupLayout",
+    "Grouped",
+    "group",
+    "ungroup",
     "AccumulateState",
     "accumulate",
     "has_updated",

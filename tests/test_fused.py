@@ -1,0 +1,198 @@
+"""`apply_step`: one pass per step through the native kernel, equal to update + apply_updates."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradtx
+from gradtx import fused, schedules
+from gradtx.grouped import group, ungroup
+
+needs_native = pytest.mark.skipif(
+    not fused.native_available(), reason=f"native kernel unavailable: {fused._load_native()}"
+)
+
+FUSED = [
+    gradtx.adam(1e-3),
+    gradtx.adam(schedules.exponential_decay(1e-2, 50, 0.5), b1=0.8, b2=0.99, eps=1e-6),
+    gradtx.adam(1e-3, eps_root=1e-8),
+    gradtx.adamw(1e-3, weight_decay=0.1),
+    gradtx.adamw(1e-3, weight_decay=schedules.linear_schedule(0.1, 0.0, 100)),
+    gradtx.sgd(0.1, momentum=0.9),
+    gradtx.sgd(schedules.cosine_decay_schedule(0.1, 200), momentum=0.5, nesterov=True),
+    gradtx.rmsprop(1e-3),
+    gradtx.rmsprop(1e-3, decay=0.95, eps_in_sqrt=False, bias_correction=True),
+    gradtx.rmsprop(1e-3, initial_scale=0.1),
+]
+NOT_FUSED = [
+    gradtx.sgd(0.1),  # no state: nothing to fuse
+    gradtx.nadam(1e-3),
+    gradtx.adam(1e-3, mu_dtype=jnp.bfloat16),  # the kernels take float32 moments only
+    gradtx.adamw(1e-3, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+    gradtx.rmsprop(1e-3, momentum=0.9),
+    gradtx.rmsprop(1e-3, centered=True),
+    gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adam(1e-3)),
+    gradtx.amsgrad(1e-3),
+]
+
+
+def _params():
+    key = jax.random.key(0)
+    return {
+        "w": jax.random.normal(key, (70, 300)),  # spans several of the kernel's chunks
+        "b": jax.random.normal(jax.random.fold_in(key, 1), (300,)),
+        "layers": [jax.random.normal(jax.random.fold_in(key, i), (5, 7)) for i in range(3)],
+        "scalar": jnp.float32(0.5),
+        "empty": jnp.zeros((0,)),
+    }
+
+
+def _grads(params, t):
+    key = jax.random.key(1000 + t)
+    return jax.tree.map(lambda p: jax.random.normal(key, p.shape, p.dtype), params)
+
+
+def _run(opt, params, steps, native, grads=None):
+    step = jax.jit(functools.partial(fused.apply_step, opt, native=native), donate_argnums=(1, 2))
+    params, state = jax.tree.map(jnp.copy, params), opt.init(params)
+    for t in range(steps):
+        params, state = step(_grads(params, t) if grads is None else grads(t), state, params)
+    return params, state
+
+
+def _assert_close(a, b, rtol):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        scale = float(np.abs(np.asarray(y)).max(initial=0.0))
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol * scale)
+
+
+@needs_native
+@pytest.mark.parametrize("opt", FUSED, ids=repr)
+def test_the_native_kernel_matches_update_and_apply_updates_over_300_steps(opt):
+    native = _run(opt, _params(), 300, native=True)
+    reference = _run(opt, _params(), 300, native=False)
+    _assert_close(native, reference, rtol=1e-5)
+
+
+@needs_native
+def test_the_native_adam_matches_optax_over_300_steps():
+    native, _ = _run(gradtx.adam(1e-3), _params(), 300, native=True)
+    opt = optax.adam(1e-3)
+    params = _params()
+    state = opt.init(params)
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 and float
+        for t in range(300):
+            updates, state = opt.update(_grads(params, t), state, params)
+            params = optax.apply_updates(params, updates)
+    _assert_close(native, params, rtol=1e-5)
+
+
+@pytest.mark.parametrize("opt", NOT_FUSED, ids=repr)
+def test_other_optimisers_take_the_two_line_step_bit_for_bit(opt):
+    assert fused._plan(opt) is None or fused._why_not_native(
+        opt, _params(), opt.init(_params()), _params()
+    )
+    with pytest.raises(ValueError, match="apply_step: the native kernel does not apply"):
+        fused.apply_step(opt, _params(), opt.init(_params()), _params(), native=True)
+    for x, y in zip(
+        jax.tree.leaves(_run(opt, _params(), 3, native=None)),
+        jax.tree.leaves(_run(opt, _params(), 3, native=False)),
+    ):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_bfloat16_leaves_and_optax_transformations_fall_back():
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params())
+    opt = gradtx.adam(1e-3)
+    assert "float32" in fused._why_not_native(opt, params, opt.init(params), params)
+    with jax.numpy_dtype_promotion("standard"):
+        out, _ = fused.apply_step(optax.adam(1e-3), params, optax.adam(1e-3).init(params), params)
+    assert jax.tree.structure(out) == jax.tree.structure(params)
+
+
+@needs_native
+def test_one_native_call_per_64_leaves_updates_them_in_place():
+    opt = gradtx.adam(1e-3)
+    params = {f"leaf{i:03d}": jnp.full((i % 7 + 1,), i / 10) for i in range(150)}
+    step = jax.jit(lambda p, s, g: fused.apply_step(opt, g, s, p), donate_argnums=(0, 1))
+    hlo = step.lower(params, opt.init(params), params).compile().as_text()
+    assert hlo.count('custom_call_target="gradtx_adam_step"') == 3  # 64 + 64 + 22 leaves
+    assert " copy(" not in hlo  # donated, returned in the same order: updated in place
+    _assert_close(
+        _run(opt, params, 10, native=True), _run(opt, params, 10, native=False), rtol=1e-6
+    )
+
+
+@needs_native
+def test_the_state_is_the_optimisers_own():
+    opt = gradtx.adamw(schedules.exponential_decay(1e-2, 10, 0.5), weight_decay=1e-2)
+    native_state = _run(opt, _params(), 4, native=True)[1]
+    reference_state = _run(opt, _params(), 4, native=False)[1]
+    assert jax.tree.structure(native_state) == jax.tree.structure(reference_state)
+    assert int(native_state[0].count) == 4
+    assert [int(c) for c in jax.tree.leaves(native_state[1:])] == [4, 4]
+
+
+@needs_native
+def test_derivatives_and_vmap_go_through_the_native_step():
+    opt = gradtx.adam(1e-2)
+
+    def final_loss(params, native):
+        grads = jax.tree.map(lambda p: 2 * p, params)
+        new, _ = fused.apply_step(opt, grads, opt.init(params), params, native=native)
+        return sum(jnp.sum(x**2) for x in jax.tree.leaves(new))
+
+    params = {"a": jnp.arange(1.0, 6.0), "b": jnp.ones((2, 3))}
+    _assert_close(
+        jax.grad(final_loss)(params, True), jax.grad(final_loss)(params, False), rtol=1e-6
+    )
+    batch = jnp.stack([jnp.arange(4.0), -jnp.arange(4.0)])
+
+    def one(p, native):
+        return fused.apply_step(opt, p, opt.init(p), p, native=native)[0]
+
+    np.testing.assert_allclose(
+        jax.vmap(lambda p: one(p, True))(batch), jax.vmap(lambda p: one(p, False))(batch)
+    )
+
+
+@needs_native
+def test_grouped_parameters_take_one_native_pass():
+    opt, params = gradtx.adam(1e-3), {k: v for k, v in _params().items() if k != "empty"}
+    grads = [_grads(params, t) for t in range(20)]
+    native_grouped = _run(opt, group(params), 20, True, lambda t: group(grads[t]))
+    native_tree = _run(opt, params, 20, True, lambda t: grads[t])
+    for x, y in zip(jax.tree.leaves(ungroup(native_grouped[0])), jax.tree.leaves(native_tree[0])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_native_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("GRADTX_NATIVE", "0")
+    assert fused._build_and_register() == "GRADTX_NATIVE=0"
+
+
+def test_without_the_kernel_apply_step_is_the_two_line_step(monkeypatch):
+    monkeypatch.setattr(fused, "_loaded", ["no compiler here"])
+    assert not fused.native_available()
+    opt, params = gradtx.adam(1e-3), _params()
+    with pytest.raises(ValueError, match="no compiler here"):
+        fused.apply_step(opt, params, opt.init(params), params, native=True)
+    for x, y in zip(
+        jax.tree.leaves(_run(opt, params, 3, native=None)),
+        jax.tree.leaves(_run(opt, params, 3, native=False)),
+    ):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_errors_name_the_function():
+    opt, params = gradtx.adam(1e-3), _params()
+    with pytest.raises(TypeError, match="native must be True or False"):
+        fused.apply_step(opt, params, opt.init(params), params, native=1)
+    with pytest.raises(TypeError, match="apply_step: tx must be a gradient transformation"):
+        fused.apply_step(lambda g: g, params, (), params)
