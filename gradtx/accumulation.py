@@ -25,13 +25,11 @@ from gradtx.base import (
     OptState,
     Params,
     Updates,
-    canonicalize_dtype,
-    check_positive_int,
-    check_tree_match,
-    safe_increment,
-    transformation,
-    zero_count,
+    as_transformation,
+    factory,
 )
+from gradtx.checks import canonicalize_dtype, check_int, check_tree_match
+from gradtx.numerics import safe_increment, zero_count
 
 __all__ = ["AccumulateState", "accumulate", "has_updated"]
 
@@ -53,6 +51,7 @@ class AccumulateState(NamedTuple):
     acc_grads: Updates
 
 
+@factory
 def accumulate(
     inner: GradientTransformation, every_k: int, *, accumulator_dtype: Any = None
 ) -> GradientTransformation:
@@ -86,12 +85,8 @@ def accumulate(
         ValueError: when `every_k < 1`.
     """
     fn = "accumulate"
-    if not (callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))):
-        raise TypeError(
-            f"{fn}: inner must be a gradient transformation with init and update, "
-            f"got {type(inner).__name__}"
-        )
-    check_positive_int(fn, "every_k", every_k)
+    inner = as_transformation(fn, "inner", inner)
+    check_int(fn, "every_k", every_k, 1)
     dtype = canonicalize_dtype(fn, "accumulator_dtype", accumulator_dtype)
 
     def acc_dtype(leaf: Any) -> jnp.dtype:
@@ -141,9 +136,7 @@ def accumulate(
         )
         return new_updates, new_state
 
-    return transformation(
-        fn, init, update, inner, every_k=every_k, accumulator_dtype=accumulator_dtype
-    )
+    return GradientTransformation(init, update)
 
 
 def has_updated(state: AccumulateState) -> Bool[Array, ""]:

@@ -7,8 +7,8 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Int
 
-from gradtx import base
-from gradtx.base import GradientTransformation, PyTree
+from gradtx import checks, numerics
+from gradtx.base import GradientTransformation, PyTree, factory
 from gradtx.ewa import debias_factor, zeros_like_tree
 
 
@@ -26,12 +26,13 @@ class ScaleByAmsgradState(NamedTuple):
 
 
 def _check_adam_args(fn: str, b1, b2, eps, eps_root) -> None:
-    base.check_decay(fn, "b1", b1)
-    base.check_decay(fn, "b2", b2)
-    base.check_non_negative(fn, "eps", eps)
-    base.check_non_negative(fn, "eps_root", eps_root)
+    checks.check_decay(fn, "b1", b1)
+    checks.check_decay(fn, "b2", b2)
+    checks.check_non_negative(fn, "eps", eps)
+    checks.check_non_negative(fn, "eps_root", eps_root)
 
 
+@factory
 def scale_by_adam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -76,25 +77,25 @@ def scale_by_adam(
     """
     fn = "scale_by_adam"
     _check_adam_args(fn, b1, b2, eps, eps_root)
-    base.check_bool(fn, "nesterov", nesterov)
-    mu_dt = base.canonicalize_dtype(fn, "mu_dtype", mu_dtype)
-    nu_dt = base.canonicalize_dtype(fn, "nu_dtype", nu_dtype)
+    checks.check_bool(fn, "nesterov", nesterov)
+    mu_dt = checks.canonicalize_dtype(fn, "mu_dtype", mu_dtype)
+    nu_dt = checks.canonicalize_dtype(fn, "nu_dtype", nu_dtype)
 
     def init(params):
         return ScaleByAdamState(
-            base.zero_count(), zeros_like_tree(params, mu_dt), zeros_like_tree(params, nu_dt)
+            numerics.zero_count(), zeros_like_tree(params, mu_dt), zeros_like_tree(params, nu_dt)
         )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        base.check_tree_match(fn, updates, state.mu)
-        count = base.safe_increment(state.count)
+        checks.check_tree_match(fn, updates, state.mu)
+        count = numerics.safe_increment(state.count)
         c1 = debias_factor(b1, count)
         c2 = debias_factor(b2, count)
-        c1_next = debias_factor(b1, base.safe_increment(count)) if nesterov else None
+        c1_next = debias_factor(b1, numerics.safe_increment(count)) if nesterov else None
 
         def leaf(g, m, v):
-            dtype = base.compute_dtype(g, m, v)
+            dtype = numerics.compute_dtype(g, m, v)
             x = g.astype(dtype)
             m_new = b1 * m.astype(dtype) + (1 - b1) * x
             v_new = b2 * v.astype(dtype) + (1 - b2) * (x * x)
@@ -106,21 +107,10 @@ def scale_by_adam(
             u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
             return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
-        out, mu, nu = base.tree_map_multi(leaf, 3, updates, state.mu, state.nu)
+        out, mu, nu = numerics.tree_map_multi(leaf, 3, updates, state.mu, state.nu)
         return out, ScaleByAdamState(count, mu, nu)
 
-    return base.transformation(
-        fn,
-        init,
-        update,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dt,
-        nu_dtype=nu_dt,
-        nesterov=nesterov,
-    )
+    return GradientTransformation(init, update)
 
 
 def scale_by_adam_composed(
@@ -168,6 +158,7 @@ def scale_by_adam_composed(
     )
 
 
+@factory
 def scale_by_amsgrad(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -190,11 +181,11 @@ def scale_by_amsgrad(
     """
     fn = "scale_by_amsgrad"
     _check_adam_args(fn, b1, b2, eps, eps_root)
-    mu_dt = base.canonicalize_dtype(fn, "mu_dtype", mu_dtype)
+    mu_dt = checks.canonicalize_dtype(fn, "mu_dtype", mu_dtype)
 
     def init(params):
         return ScaleByAmsgradState(
-            base.zero_count(),
+            numerics.zero_count(),
             zeros_like_tree(params, mu_dt),
             zeros_like_tree(params),
             zeros_like_tree(params),
@@ -202,13 +193,13 @@ def scale_by_amsgrad(
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        base.check_tree_match(fn, updates, state.mu)
-        count = base.safe_increment(state.count)
+        checks.check_tree_match(fn, updates, state.mu)
+        count = numerics.safe_increment(state.count)
         c1 = debias_factor(b1, count)
         c2 = debias_factor(b2, count)
 
         def leaf(g, m, v, v_max):
-            dtype = base.compute_dtype(g, m, v, v_max)
+            dtype = numerics.compute_dtype(g, m, v, v_max)
             x = g.astype(dtype)
             m_new = b1 * m.astype(dtype) + (1 - b1) * x
             v_new = b2 * v.astype(dtype) + (1 - b2) * (x * x)
@@ -221,11 +212,9 @@ def scale_by_amsgrad(
                 v_max_new.astype(v_max.dtype),
             )
 
-        out, mu, nu, nu_max = base.tree_map_multi(
+        out, mu, nu, nu_max = numerics.tree_map_multi(
             leaf, 4, updates, state.mu, state.nu, state.nu_max
         )
         return out, ScaleByAmsgradState(count, mu, nu, nu_max)
 
-    return base.transformation(
-        fn, init, update, b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dt
-    )
+    return GradientTransformation(init, update)

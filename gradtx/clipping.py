@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from gradtx import base
+from gradtx import base, checks, numerics
 from gradtx.base import GradientTransformation, PyTree
 
 
@@ -15,29 +15,29 @@ def global_norm(tree: PyTree) -> Float[Array, ""]:
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.zeros([], jnp.float32)
-    dtype = base.compute_dtype(*leaves)
+    dtype = numerics.compute_dtype(*leaves)
     return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(x).astype(dtype))) for x in leaves))
 
 
+@base.factory
 def clip(max_delta: float) -> GradientTransformation:
     r"""Clips every coordinate to $[-\delta, \delta]$: $u_i = \min(\max(g_i, -\delta), \delta)$.
 
     Args:
         max_delta: $\delta \geq 0$.
     """
-    base.check_non_negative("clip", "max_delta", max_delta)
-    return base.named_stateless(
-        "clip",
+    checks.check_non_negative("clip", "max_delta", max_delta)
+    return base.stateless_pair(
         lambda updates, params: jax.tree.map(
             lambda g: jnp.clip(
                 g, -jnp.asarray(max_delta, g.dtype), jnp.asarray(max_delta, g.dtype)
             ),
             updates,
-        ),
-        max_delta=max_delta,
+        )
     )
 
 
+@base.factory
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     r"""Rescales the whole update so its global norm is at most $c$.
 
@@ -48,11 +48,11 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     Args:
         max_norm: $c > 0$.
     """
-    base.check_positive("clip_by_global_norm", "max_norm", max_norm)
+    checks.check_positive("clip_by_global_norm", "max_norm", max_norm)
 
     def f(updates):
         norm = global_norm(updates)
         factor = jnp.where(norm <= max_norm, 1.0, max_norm / jnp.maximum(norm, max_norm))
-        return jax.tree.map(lambda g: base.scale_leaf(g, factor), updates)
+        return jax.tree.map(lambda g: numerics.scale_leaf(g, factor), updates)
 
-    return base.named_stateless("clip_by_global_norm", lambda u, p: f(u), max_norm=max_norm)
+    return base.stateless_pair(lambda u, p: f(u))

@@ -18,9 +18,10 @@ from typing import Any, NamedTuple
 import jax
 
 from gradtx import base
-from gradtx.base import GradientTransformation, PyTree
+from gradtx.base import GradientTransformation, PyTree, factory
 
 
+@factory
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     r"""Applies the transformations one after the other: $u = t_n(\dots t_1(g))$.
 
@@ -53,9 +54,10 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_state.append(s)
         return updates, tuple(new_state)
 
-    return base.transformation("chain", init, update, *txs)
+    return GradientTransformation(init, update)
 
 
+@factory
 def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:
     """`chain` whose state is a dict `{name: state}`, so pieces can be found by name.
 
@@ -85,16 +87,7 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
             updates, new_state[name] = t.update(updates, state[name], params, **extra_args)
         return updates, new_state
 
-    described = [_Named(n, t) for n, t in txs.items()]
-    return base.transformation("named_chain", init, update, *described)
-
-
-class _Named(NamedTuple):
-    name: str
-    tx: GradientTransformation
-
-    def __repr__(self) -> str:
-        return f"({self.name!r}, {self.tx!r})"
+    return GradientTransformation(init, update)
 
 
 class DivideState(NamedTuple):
@@ -102,6 +95,7 @@ class DivideState(NamedTuple):
     denominator: PyTree
 
 
+@factory
 def divide(numerator: GradientTransformation, denominator: GradientTransformation):
     r"""Two branches fed the same updates, divided leaf by leaf: $u = N(g) / D(g)$.
 
@@ -129,7 +123,7 @@ def divide(numerator: GradientTransformation, denominator: GradientTransformatio
         out = jax.tree.map(lambda a, b: (a / b.astype(a.dtype)).astype(a.dtype), n, d)
         return out, DivideState(n_state, d_state)
 
-    return base.transformation("divide", init, update, num, den)
+    return GradientTransformation(init, update)
 
 
 # ----------------------------------------------------------------------------
@@ -164,6 +158,7 @@ def _apply_mask(fn: str, mask_tree: PyTree, tree: PyTree) -> PyTree:
         ) from err
 
 
+@factory
 def masked(inner: GradientTransformation, mask: PyTree | Callable[[PyTree], PyTree]):
     r"""Applies `inner` only where `mask` is True; other leaves pass through unchanged.
 
@@ -194,13 +189,14 @@ def masked(inner: GradientTransformation, mask: PyTree | Callable[[PyTree], PyTr
         out = jax.tree.map(lambda m, n, g: n if m else g, mask_tree, new, updates)
         return out, MaskedState(inner_state)
 
-    return base.transformation("masked", init, update, tx, mask=mask)
+    return GradientTransformation(init, update)
 
 
 class PartitionState(NamedTuple):
     inner_states: dict  # label -> MaskedState
 
 
+@factory
 def partition(
     transforms: Mapping[Hashable, GradientTransformation],
     param_labels: PyTree | Callable[[PyTree], PyTree],
@@ -255,7 +251,7 @@ def partition(
             )
         return updates, PartitionState(new_states)
 
-    return base.transformation("partition", init, update, txs, param_labels=param_labels)
+    return GradientTransformation(init, update)
 
 
 multi_transform = partition

@@ -11,31 +11,34 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradtx import base
+from gradtx import base, checks
 from gradtx.base import GradientTransformation
 
 
-def _leafwise(name: str, f, **hparams) -> GradientTransformation:
-    return base.named_stateless(name, lambda updates, params: jax.tree.map(f, updates), **hparams)
+def _leafwise(f) -> GradientTransformation:
+    return base.stateless_pair(lambda updates, params: jax.tree.map(f, updates))
 
 
+@base.factory
 def square() -> GradientTransformation:
     r"""$u = g^2$ element-wise (the input of an RMS average)."""
-    return _leafwise("square", lambda g: g * g)
+    return _leafwise(lambda g: g * g)
 
 
+@base.factory
 def sqrt() -> GradientTransformation:
     r"""$u = \sqrt{g}$ element-wise. Expects non-negative updates (e.g. a mean square)."""
-    return _leafwise("sqrt", jnp.sqrt)
+    return _leafwise(jnp.sqrt)
 
 
+@base.factory
 def add_constant(value: float) -> GradientTransformation:
     r"""$u = g + c$ element-wise, in each leaf's dtype (e.g. the $\epsilon$ of a denominator).
 
     Args:
         value: $c$, a finite real number.
     """
-    base.check_range("add_constant", "value", value)
-    if base.is_concrete(value) and not jnp.isfinite(value):
+    checks.check_range("add_constant", "value", value)
+    if checks.is_concrete(value) and not jnp.isfinite(value):
         raise ValueError(f"add_constant: value must be finite, got {value!r}")
-    return _leafwise("add_constant", lambda g: g + jnp.asarray(value).astype(g.dtype), value=value)
+    return _leafwise(lambda g: g + jnp.asarray(value).astype(g.dtype))

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Int
 
-from gradtx import base
-from gradtx.base import GradientTransformation, PyTree
+from gradtx import checks, numerics
+from gradtx.base import GradientTransformation, PyTree, factory
 
 
 class EmaState(NamedTuple):
@@ -24,12 +24,12 @@ class BiasCorrectionState(NamedTuple):
 def moment_update(decay: float, moment: Array, value: Array, order: int = 1) -> Array:
     r"""One EWA step $\beta m + (1 - \beta) x^k$ ($k$ = `order`), in the moment's dtype.
 
-    Computed in float32 or wider (`base.compute_dtype`) and stored back in the
+    Computed in float32 or wider (`numerics.compute_dtype`) and stored back in the
     moment's dtype, so float32 moments of bfloat16 gradients get float32
     squares, and a bfloat16 moment meets a float32 `decay` under strict promotion.
     """
-    dtype = base.compute_dtype(moment, value)
-    decay = base.as_compute(decay, dtype)
+    dtype = numerics.compute_dtype(moment, value)
+    decay = numerics.as_compute(decay, dtype)
     x = value.astype(dtype)
     new = decay * moment.astype(dtype) + (1 - decay) * (x if order == 1 else x * x)
     return new.astype(moment.dtype)
@@ -45,6 +45,7 @@ def zeros_like_tree(params: PyTree, dtype: Any = None, fill: Any = 0) -> PyTree:
     return jax.tree.map(lambda p: jnp.full(jnp.shape(p), fill, dtype or jnp.result_type(p)), params)
 
 
+@factory
 def ema(
     decay: float, debias: bool = False, accumulator_dtype: Any | None = None
 ) -> GradientTransformation:
@@ -73,32 +74,31 @@ def ema(
     Raises:
         ValueError: if `decay` is outside $[0, 1)$.
     """
-    base.check_decay("ema", "decay", decay)
-    base.check_bool("ema", "debias", debias)
-    dtype = base.canonicalize_dtype("ema", "accumulator_dtype", accumulator_dtype)
+    checks.check_decay("ema", "decay", decay)
+    checks.check_bool("ema", "debias", debias)
+    dtype = checks.canonicalize_dtype("ema", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return EmaState(base.zero_count(), zeros_like_tree(params, dtype))
+        return EmaState(numerics.zero_count(), zeros_like_tree(params, dtype))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        base.check_tree_match("ema", updates, state.mean)
-        count = base.safe_increment(state.count)
+        checks.check_tree_match("ema", updates, state.mean)
+        count = numerics.safe_increment(state.count)
         mean = jax.tree.map(lambda m, g: moment_update(decay, m, g), state.mean, updates)
         if debias:
             factor = debias_factor(decay, count)
             out = jax.tree.map(
-                lambda m, g: base.scale_leaf(m, factor).astype(g.dtype), mean, updates
+                lambda m, g: numerics.scale_leaf(m, factor).astype(g.dtype), mean, updates
             )
         else:
             out = jax.tree.map(lambda m, g: m.astype(g.dtype), mean, updates)
         return out, EmaState(count, mean)
 
-    return base.transformation(
-        "ema", init, update, decay=decay, debias=debias, accumulator_dtype=dtype
-    )
+    return GradientTransformation(init, update)
 
 
+@factory
 def bias_correction(decay: float) -> GradientTransformation:
     r"""Divides the updates by $1 - \beta^t$, the bias of an EWA started at zero.
 
@@ -118,17 +118,17 @@ def bias_correction(decay: float) -> GradientTransformation:
     Raises:
         ValueError: if `decay` is outside $[0, 1)$.
     """
-    base.check_decay("bias_correction", "decay", decay)
+    checks.check_decay("bias_correction", "decay", decay)
 
     def init(params):
         del params
-        return BiasCorrectionState(base.zero_count())
+        return BiasCorrectionState(numerics.zero_count())
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        count = base.safe_increment(state.count)
+        count = numerics.safe_increment(state.count)
         factor = debias_factor(decay, count)
-        out = jax.tree.map(lambda u: base.scale_leaf(u, factor), updates)
+        out = jax.tree.map(lambda u: numerics.scale_leaf(u, factor), updates)
         return out, BiasCorrectionState(count)
 
-    return base.transformation("bias_correction", init, update, decay=decay)
+    return GradientTransformation(init, update)

@@ -47,7 +47,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,15 +55,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import base
-from gradtx.adam import ScaleByAdamState
+from gradtx import base, checks, numerics
+from gradtx.adam import scale_by_adam
 from gradtx.base import GradientTransformation, OptState, Params, Updates
+from gradtx.combine import chain
 from gradtx.ewa import debias_factor
-from gradtx.momentum import TraceState
-from gradtx.rms import ScaleByRmsState
+from gradtx.momentum import trace
+from gradtx.rms import scale_by_rms
+from gradtx.scale import scale_by_learning_rate
+from gradtx.spec import spec_of
+from gradtx.weight_decay import add_decayed_weights
 
 _SOURCE = Path(__file__).with_name("fused.cc")
-_TARGETS = {"adam": "GradtxAdamStep", "trace": "GradtxTraceStep", "rms": "GradtxRmsStep"}
 # Leaves per native call: XLA's compile time grows faster than linearly with the operands of
 # one instruction (500 leaves in one call: 7 s to compile; in calls of 64: 1 s).
 _LEAVES_PER_CALL = 64
@@ -107,7 +110,7 @@ def apply_step(
         ValueError: with `native=True`, naming why the kernel does not apply.
     """
     if native is not None:
-        base.check_bool("apply_step", "native", native)
+        checks.check_bool("apply_step", "native", native)
     tx = base.as_transformation("apply_step", "tx", tx)
     why_not = "native=False" if native is False else _why_not_native(tx, grads, state, params)
     if why_not is not None:
@@ -136,49 +139,167 @@ def _two_line_step(tx, grads, state, params):
 
 
 # ----------------------------------------------------------------------------
-# Recognising the chains the kernels fuse.
+# The kernels: one record each. Adding a kernel for a new chain is adding one record.
 
 
-class _Piece(NamedTuple):
-    name: str
-    tx: GradientTransformation
-    args: tuple
-    hparams: dict
+class Kernel(NamedTuple):
+    """A native kernel: the chain it fuses, its C++ entry point, and its jax.numpy reference.
 
+    It fuses `chain(head(...), [add_decayed_weights(λ)], scale_by_learning_rate(α))`, where
+    `head` is the factory object `head` (compared by identity, never by name).
 
-def _piece(tx: Any) -> _Piece | None:
-    update = getattr(tx, "update", None)
-    name = getattr(update, "__gradtx_name__", None)
-    if name is None:
-        return None
-    args = getattr(update, "__gradtx_args__", ())
-    return _Piece(name, tx, args, getattr(update, "__gradtx_hparams__", {}))
-
-
-def _probe(piece: _Piece, state: Any, value: float, param: float | None = None):
-    """Runs a scalar-only piece on a float32 scalar: its per-step factor and its new state.
-
-    `scale_by_learning_rate` on 1 gives $-\\alpha_t$; `add_decayed_weights` on 0 with
-    $\\theta = 1$ gives $\\lambda_t$; both exactly, as float32, as they scale every leaf.
+    Attributes:
+        target: the FFI target name the kernel is registered under.
+        symbol: its entry point in `fused.cc`.
+        head: the factory of the chain's first piece, e.g. `gradtx.scale_by_adam`.
+        moments: the fields of the head's state the kernel updates in place, in call order.
+        attrs: the head's bound arguments -> the kernel's compile-time attributes, or None
+            when those arguments are not the kernel's (e.g. Nesterov Adam). The numbers must
+            be known at trace time (`_number`); `decay` is added when the chain decays.
+        factors: `(head arguments, new count)` -> the per-step scalars after the step size
+            (bias corrections), for heads whose state counts steps; None for those that don't.
+        reference: `(attrs, scalars, p, g, *moments) -> (p, *moments)` for one leaf: the
+            kernel's math operation for operation, its derivative rule and its test oracle.
+        decays: whether the chain may hold `add_decayed_weights` (its λ is the last scalar).
     """
-    x = jnp.asarray(value, jnp.float32)
-    p = None if param is None else jnp.asarray(param, jnp.float32)
-    out, new_state = piece.tx.update(x, state, p)
-    return jnp.asarray(out, jnp.float32), new_state
+
+    target: str
+    symbol: str
+    head: Callable[..., GradientTransformation]
+    moments: tuple[str, ...]
+    attrs: Callable[[Mapping[str, Any]], dict | None]
+    factors: Callable[[Mapping[str, Any], jax.Array], list] | None
+    reference: Callable[..., tuple]
+    decays: bool = False
+
+
+def _number(value: Any) -> np.float32 | None:
+    """`value` as a float32 when it is a real number known at trace time, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return np.float32(value)
+    dtype = getattr(value, "dtype", None)
+    if (
+        checks.is_concrete(value)
+        and dtype is not None
+        and np.issubdtype(dtype, np.number)
+        and np.ndim(value) == 0
+    ):
+        return np.float32(value)
+    return None
+
+
+def _numbers(args: Mapping[str, Any], **names: str) -> dict | None:
+    """`{attr: float32(args[name])}` for `attr=name` pairs, or None if one is not a number."""
+    out = {attr: _number(args[name]) for attr, name in names.items()}
+    return None if any(v is None for v in out.values()) else out
+
+
+def _adam_attrs(args: Mapping[str, Any]) -> dict | None:
+    if args["nesterov"]:
+        return None
+    a = _numbers(args, b1="b1", b2="b2", eps="eps", eps_root="eps_root")
+    if a is None:
+        return None
+    return {**a, "nb1": np.float32(1 - args["b1"]), "nb2": np.float32(1 - args["b2"])}
+
+
+def _adam_reference(a, s, p, g, m, v):
+    m = a["b1"] * m + a["nb1"] * g
+    v = a["b2"] * v + a["nb2"] * (g * g)
+    u = (m * s[1]) / (jnp.sqrt(v * s[2] + a["eps_root"]) + a["eps"])
+    if a["decay"]:
+        u = u + p * s[3]
+    return p + u * s[0], m, v
+
+
+def _trace_attrs(args: Mapping[str, Any]) -> dict | None:
+    a = _numbers(args, decay="decay")
+    return None if a is None else {**a, "nesterov": bool(args["nesterov"])}
+
+
+def _trace_reference(a, s, p, g, t):
+    t = a["decay"] * t + g
+    u = g + a["decay"] * t if a["nesterov"] else t
+    return p + u * s[0], t
+
+
+def _rms_attrs(args: Mapping[str, Any]) -> dict | None:
+    a = _numbers(args, decay="decay", eps="eps")
+    if a is None:
+        return None
+    return {
+        **a,
+        "ndecay": np.float32(1 - args["decay"]),
+        "eps_in_sqrt": bool(args["eps_in_sqrt"]),
+        "bias_correction": bool(args["bias_correction"]),
+    }
+
+
+def _rms_reference(a, s, p, g, nu):
+    nu = a["decay"] * nu + a["ndecay"] * (g * g)
+    nu_hat = nu * s[1] if a["bias_correction"] else nu
+    if a["eps_in_sqrt"]:
+        inv = 1 / jnp.sqrt(nu_hat + a["eps"])
+    else:
+        inv = 1 / (jnp.sqrt(nu_hat) + a["eps"])
+    return p + (g * inv) * s[0], nu
+
+
+KERNELS = (
+    Kernel(
+        target="gradtx_adam_step",
+        symbol="GradtxAdamStep",
+        head=scale_by_adam,
+        moments=("mu", "nu"),
+        attrs=_adam_attrs,
+        factors=lambda args, count: [
+            debias_factor(args["b1"], count),
+            debias_factor(args["b2"], count),
+        ],
+        reference=_adam_reference,
+        decays=True,
+    ),
+    Kernel(
+        target="gradtx_trace_step",
+        symbol="GradtxTraceStep",
+        head=trace,
+        moments=("trace",),
+        attrs=_trace_attrs,
+        factors=None,
+        reference=_trace_reference,
+    ),
+    Kernel(
+        target="gradtx_rms_step",
+        symbol="GradtxRmsStep",
+        head=scale_by_rms,
+        moments=("nu",),
+        attrs=_rms_attrs,
+        factors=lambda args, count: [
+            debias_factor(args["decay"], count) if args["bias_correction"] else 1.0
+        ],
+        reference=_rms_reference,
+    ),
+)
 
 
 class _Plan(NamedTuple):
-    kind: str  # "adam", "trace" or "rms"
-    pieces: tuple[_Piece, ...]
-    moments: Callable[[Any], tuple]  # first piece's state -> its moment trees
+    """A kernel bound to one optimiser: the chain's pieces and the kernel's attributes."""
+
+    kernel: Kernel
+    pieces: tuple[GradientTransformation, ...]
+    head_args: Mapping[str, Any]
+    attrs: dict
 
     def step(self, grads, state, params):
         p_leaves, treedef = jax.tree.flatten(params)
+        head = state[0]
         columns = [p_leaves, treedef.flatten_up_to(grads)]
-        columns += [treedef.flatten_up_to(t) for t in self.moments(state[0])]
-        head, scalars, rest = _scalars(self, state)
+        columns += [treedef.flatten_up_to(getattr(head, f)) for f in self.kernel.moments]
+        count, scalars, rest = self._scalars(state)
         live = [i for i, p in enumerate(p_leaves) if jnp.size(p)]  # skip empty leaves
-        call = _native_step(self.kind, tuple(sorted(_attrs(self).items())))
+        call = _native_step(self.kernel, tuple(sorted(self.attrs.items())))
         new_columns = [list(columns[0])] + [list(c) for c in columns[2:]]
         for start in range(0, len(live), _LEAVES_PER_CALL):
             group = live[start : start + _LEAVES_PER_CALL]
@@ -187,69 +308,68 @@ class _Plan(NamedTuple):
                 for i, leaf in zip(group, out):
                     new[i] = leaf
         new_params, *moments = [treedef.unflatten(c) for c in new_columns]
-        return new_params, (_head_state(self.kind, head, moments), *rest)
+        fields = dict(zip(self.kernel.moments, moments))
+        if count is not None:
+            fields["count"] = count
+        return new_params, (head._replace(**fields), *rest)
+
+    def _scalars(self, state: tuple):
+        """The head's new count, the kernel's scalar buffer, the other pieces' new states.
+
+        The step size and the decay come from running those pieces on a float32 scalar:
+        `scale_by_learning_rate` on 1 gives $-\\alpha_t$, `add_decayed_weights` on 0 with
+        $\\theta = 1$ gives $\\lambda_t$, exactly as they scale every leaf.
+        """
+        count, factors = None, []
+        if self.kernel.factors is not None:
+            count = numerics.safe_increment(state[0].count)
+            factors = self.kernel.factors(self.head_args, count)
+        one, zero = jnp.ones([], jnp.float32), jnp.zeros([], jnp.float32)
+        rest, step, decay = [], None, zero
+        for piece, s in zip(self.pieces[1:], state[1:]):
+            if len(self.pieces) == 3 and piece is self.pieces[1]:
+                decay, s = piece.update(zero, s, one)
+            else:
+                step, s = piece.update(one, s, None)
+            rest.append(s)
+        values = [step, *factors] + ([decay] if self.kernel.decays else [])
+        scalars = jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
+        return count, scalars, rest
 
 
-# The hyper-parameters each fused piece may carry: a piece with any other (a newer option the
-# kernels do not know) is not fused. Storage dtypes need no check here: the kernels run only
-# when every leaf (params, gradients, moments) is float32.
-_KNOWN = {
-    "scale_by_adam": {"b1", "b2", "eps", "eps_root", "mu_dtype", "nu_dtype", "nesterov"},
-    "trace": {"decay", "nesterov", "accumulator_dtype"},
-    "scale_by_rms": {
-        "decay",
-        "eps",
-        "initial_scale",
-        "eps_in_sqrt",
-        "bias_correction",
-        "accumulator_dtype",
-    },
-    "add_decayed_weights": {"weight_decay"},
-    "scale_by_learning_rate": {"flip_sign"},
-}
+def _plan(tx: Any) -> _Plan | None:
+    """The kernel that fuses `tx` with its attributes, or None when no kernel does.
 
-
-# The hyper-parameters that become the kernels' compile-time attributes: they must be numbers
-# known when tracing (a traced one, e.g. from `inject_hyperparams`, takes the two-line step).
-_STATIC = ["b1", "b2", "eps", "eps_root", "decay"]
-
-
-def _plan(tx: GradientTransformation) -> _Plan | None:
-    chain = _piece(tx)
-    if chain is None or chain.name != "chain":
+    Read from the transformations' records only: `tx` must be a `chain` whose pieces were
+    made by the kernel's head factory, optionally `add_decayed_weights` without a mask, and
+    `scale_by_learning_rate`, with hyper-parameters the kernel takes.
+    """
+    spec = spec_of(tx)
+    if spec is None or spec.factory is not chain:
         return None
-    pieces = tuple(_piece(t) for t in chain.args)
-    if any(p is None or not set(p.hparams) <= _KNOWN.get(p.name, set()) for p in pieces):
+    pieces = tuple(spec.arguments["transforms"])
+    specs = [spec_of(p) for p in pieces]
+    if len(pieces) not in (2, 3) or any(s is None for s in specs):
         return None
-    names = tuple(p.name for p in pieces)
-    first = pieces[0].hparams
-    if not all(_is_number(first[k]) for k in _STATIC if k in first):
+    head, *middle, last = specs
+    if last.factory is not scale_by_learning_rate:
         return None
-    if names in [
-        ("scale_by_adam", "scale_by_learning_rate"),
-        ("scale_by_adam", "add_decayed_weights", "scale_by_learning_rate"),
-    ]:
-        if first.get("nesterov"):
+    for kernel in KERNELS:
+        if head.factory is not kernel.head:
+            continue
+        if middle and not (
+            kernel.decays
+            and middle[0].factory is add_decayed_weights
+            and middle[0].arguments["mask"] is None
+        ):
             return None
-        return _Plan("adam", pieces, lambda s: (s.mu, s.nu))
-    if names == ("trace", "scale_by_learning_rate"):
-        return _Plan("trace", pieces, lambda s: (s.trace,))
-    if names == ("scale_by_rms", "scale_by_learning_rate"):
-        return _Plan("rms", pieces, lambda s: (s.nu,))
+        attrs = kernel.attrs(head.arguments)
+        if attrs is None:
+            return None
+        if kernel.decays:
+            attrs["decay"] = bool(middle)
+        return _Plan(kernel, pieces, head.arguments, attrs)
     return None
-
-
-def _is_number(value: Any) -> bool:
-    """A real number known at trace time (a Python or numpy scalar, a concrete 0-d array)."""
-    if isinstance(value, numbers.Real):
-        return True
-    dtype = getattr(value, "dtype", None)
-    return (
-        base.is_concrete(value)
-        and dtype is not None
-        and np.issubdtype(dtype, np.number)
-        and np.ndim(value) == 0
-    )
 
 
 def _why_not_native(tx, grads, state, params) -> str | None:
@@ -262,7 +382,7 @@ def _why_not_native(tx, grads, state, params) -> str | None:
     p_leaves, treedef = jax.tree.flatten(params)
     try:
         others = [treedef.flatten_up_to(grads)]
-        others += [treedef.flatten_up_to(t) for t in plan.moments(state[0])]
+        others += [treedef.flatten_up_to(getattr(state[0], f)) for f in plan.kernel.moments]
     except (ValueError, TypeError, AttributeError):
         return "grads or state do not have the params' tree structure"
     for leaves in [p_leaves, *others]:
@@ -272,104 +392,23 @@ def _why_not_native(tx, grads, state, params) -> str | None:
     return _load_native()
 
 
-def _scalars(plan: _Plan, state: tuple):
-    """The first piece's new scalar state, the kernel's scalar buffer, the other new states."""
-    head = state[0]
-    count = None
-    if plan.kind == "adam":
-        hp = plan.pieces[0].hparams
-        count = base.safe_increment(head.count)
-        factors = [debias_factor(hp["b1"], count), debias_factor(hp["b2"], count)]
-    elif plan.kind == "rms":
-        hp = plan.pieces[0].hparams
-        count = base.safe_increment(head.count)
-        factors = [debias_factor(hp["decay"], count) if hp["bias_correction"] else 1.0]
-    else:
-        factors = []
-    rest, step, decay = [], None, jnp.zeros([], jnp.float32)
-    for piece, s in zip(plan.pieces[1:], state[1:]):
-        if piece.name == "add_decayed_weights":
-            decay, s = _probe(piece, s, 0.0, 1.0)
-        else:
-            step, s = _probe(piece, s, 1.0)
-        rest.append(s)
-    values = [step, *factors] + ([decay] if plan.kind == "adam" else [])
-    scalars = jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
-    return count, scalars, rest
-
-
-def _head_state(kind: str, count, trees: list):
-    if kind == "adam":
-        return ScaleByAdamState(count, *trees)
-    if kind == "rms":
-        return ScaleByRmsState(count, *trees)
-    return TraceState(*trees)
-
-
-def _attrs(plan: _Plan) -> dict:
-    """The kernel's compile-time attributes, rounded to float32 as XLA rounds them."""
-    hp = plan.pieces[0].hparams
-    f32 = np.float32
-    if plan.kind == "adam":
-        return {
-            "b1": f32(hp["b1"]),
-            "nb1": f32(1 - hp["b1"]),
-            "b2": f32(hp["b2"]),
-            "nb2": f32(1 - hp["b2"]),
-            "eps": f32(hp["eps"]),
-            "eps_root": f32(hp["eps_root"]),
-            "decay": len(plan.pieces) == 3,
-        }
-    if plan.kind == "trace":
-        return {"decay": f32(hp["decay"]), "nesterov": bool(hp["nesterov"])}
-    return {
-        "decay": f32(hp["decay"]),
-        "ndecay": f32(1 - hp["decay"]),
-        "eps": f32(hp["eps"]),
-        "eps_in_sqrt": bool(hp["eps_in_sqrt"]),
-        "bias_correction": bool(hp["bias_correction"]),
-    }
-
-
 # ----------------------------------------------------------------------------
-# The native call, and the same math in jax.numpy for its derivatives.
+# The native call, with its kernel's reference as derivative rule.
 
 
-def _reference_leaf(kind: str, attrs: dict, s, p, g, *moments):
-    """The kernels' math for one leaf, operation for operation, in jax.numpy."""
-    a = {k: (v if isinstance(v, bool) else jnp.float32(v)) for k, v in attrs.items()}
-    if kind == "adam":
-        m, v = moments
-        m = a["b1"] * m + a["nb1"] * g
-        v = a["b2"] * v + a["nb2"] * (g * g)
-        u = (m * s[1]) / (jnp.sqrt(v * s[2] + a["eps_root"]) + a["eps"])
-        if attrs["decay"]:
-            u = u + p * s[3]
-        return p + u * s[0], m, v
-    if kind == "trace":
-        (t,) = moments
-        t = a["decay"] * t + g
-        u = g + a["decay"] * t if attrs["nesterov"] else t
-        return p + u * s[0], t
-    (nu,) = moments
-    nu = a["decay"] * nu + a["ndecay"] * (g * g)
-    nu_hat = nu * s[1] if attrs["bias_correction"] else nu
-    if attrs["eps_in_sqrt"]:
-        inv = 1 / jnp.sqrt(nu_hat + a["eps"])
-    else:
-        inv = 1 / (jnp.sqrt(nu_hat) + a["eps"])
-    return p + (g * inv) * s[0], nu
+def _as_reference_attrs(attrs: dict) -> dict:
+    """The attributes as the reference reads them: numbers as float32 scalars, flags as bools."""
+    return {k: (v if isinstance(v, bool) else jnp.float32(v)) for k, v in attrs.items()}
 
 
 @functools.cache
-def _native_step(kind: str, attr_items: tuple) -> Callable:
+def _native_step(kernel: Kernel, attr_items: tuple) -> Callable:
     """`(scalars, params, grads, *moments) -> (params, *moments)`, lists of leaves, in place.
 
     One native call updates all the leaves it is given. Its derivatives (`jax.jvp`, `jax.grad`
-    through a step) are those of `_reference_leaf`.
+    through a step) are those of `kernel.reference`.
     """
     attrs = dict(attr_items)
-    name = f"gradtx_{kind}_step"
 
     @jax.custom_jvp
     def step(scalars, params, grads, *moments):
@@ -380,7 +419,7 @@ def _native_step(kind: str, attr_items: tuple) -> Callable:
         for k in range(len(moments)):
             aliases.update({1 + (2 + k) * n + i: (1 + k) * n + i for i in range(n)})
         call = jax.ffi.ffi_call(
-            name,
+            kernel.target,
             shapes * (1 + len(moments)),
             input_output_aliases=aliases,
             vmap_method="sequential",
@@ -391,9 +430,8 @@ def _native_step(kind: str, attr_items: tuple) -> Callable:
     @step.defjvp
     def step_jvp(primals, tangents):
         def reference(scalars, params, grads, *moments):
-            leaves = [
-                _reference_leaf(kind, attrs, scalars, *xs) for xs in zip(params, grads, *moments)
-            ]
+            a = _as_reference_attrs(attrs)
+            leaves = [kernel.reference(a, scalars, *xs) for xs in zip(params, grads, *moments)]
             return [list(column) for column in zip(*leaves)]
 
         _, tangents_out = jax.jvp(reference, primals, tangents)
@@ -424,9 +462,9 @@ def _build_and_register() -> str | None:
         library = ctypes.CDLL(str(_build()))
     except (OSError, subprocess.SubprocessError, RuntimeError) as err:
         return f"could not build or load {_SOURCE.name}: {err}"
-    for kind, symbol in _TARGETS.items():
-        capsule = jax.ffi.pycapsule(getattr(library, symbol))
-        jax.ffi.register_ffi_target(f"gradtx_{kind}_step", capsule, platform="cpu")
+    for kernel in KERNELS:
+        capsule = jax.ffi.pycapsule(getattr(library, kernel.symbol))
+        jax.ffi.register_ffi_target(kernel.target, capsule, platform="cpu")
     return None
 
 

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
 
-from gradtx import base
-from gradtx.base import GradientTransformation, PyTree
+from gradtx import base, numerics
+from gradtx.base import GradientTransformation, PyTree, factory
 
 
 class ApplyIfFiniteState(NamedTuple):
@@ -35,6 +35,7 @@ def all_finite(tree: PyTree) -> Bool[Array, ""]:
     return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
+@factory
 def apply_if_finite(
     inner: GradientTransformation, max_consecutive_errors: int
 ) -> GradientTransformation:
@@ -84,22 +85,24 @@ def apply_if_finite(
 
     def init(params):
         return ApplyIfFiniteState(
-            notfinite_count=base.zero_count(),
+            notfinite_count=numerics.zero_count(),
             last_finite=jnp.asarray(True),
-            total_notfinite=base.zero_count(),
+            total_notfinite=numerics.zero_count(),
             inner_state=tx.init(params),
         )
 
     def update(updates, state, params=None, **extra_args):
         new_updates, new_inner = tx.update(updates, state.inner_state, params, **extra_args)
         finite = jnp.logical_and(all_finite(updates), all_finite(new_updates))
-        notfinite_count = jnp.where(finite, 0, base.safe_increment(state.notfinite_count))
+        notfinite_count = jnp.where(finite, 0, numerics.safe_increment(state.notfinite_count))
         accept = jnp.logical_or(finite, notfinite_count > max_consecutive_errors)
         out = jax.tree.map(lambda u: jnp.where(accept, u, jnp.zeros_like(u)), new_updates)
         inner_state = jax.tree.map(
             lambda new, old: jnp.where(accept, new, old), new_inner, state.inner_state
         )
-        total = jnp.where(finite, state.total_notfinite, base.safe_increment(state.total_notfinite))
+        total = jnp.where(
+            finite, state.total_notfinite, numerics.safe_increment(state.total_notfinite)
+        )
         return out, ApplyIfFiniteState(
             notfinite_count=notfinite_count.astype(jnp.int32),
             last_finite=finite,
@@ -107,9 +110,10 @@ def apply_if_finite(
             inner_state=inner_state,
         )
 
-    return base.transformation(fn, init, update, tx, max_consecutive_errors=max_consecutive_errors)
+    return GradientTransformation(init, update)
 
 
+@factory
 def zero_nans() -> GradientTransformation:
     r"""Replaces NaN coordinates by zero: $u_i = 0$ where $g_i$ is NaN, else $g_i$.
 
@@ -131,4 +135,4 @@ def zero_nans() -> GradientTransformation:
         out = jax.tree.map(lambda g: jnp.where(jnp.isnan(g), jnp.zeros_like(g), g), updates)
         return out, ZeroNansState(found)
 
-    return base.transformation("zero_nans", init, update)
+    return GradientTransformation(init, update)

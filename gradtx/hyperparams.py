@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Int
 
-from gradtx import base
+from gradtx import base, checks, numerics
 from gradtx.base import GradientTransformation, PyTree
+from gradtx.spec import Recorded, Spec, _bind, describe, is_transformation
 
 
 class InjectHyperparamsState(NamedTuple):
@@ -45,8 +46,8 @@ def _is_static(value: Any) -> bool:
     return (
         value is None
         or isinstance(value, (bool, np.bool_, str, bytes))
-        or base.as_dtype(value) is not None
-        or base.is_transformation(value)
+        or checks.as_dtype(value) is not None
+        or is_transformation(value)
     )
 
 
@@ -138,8 +139,8 @@ def inject_hyperparams(
             f"{getattr(inner_factory, '__name__', 'inner_factory')}; it takes "
             f"{list(signature.parameters)}"
         )
-    float_dtype = base.canonicalize_dtype(fn, "hyperparam_dtype", hyperparam_dtype)
-    factory_name = base.callable_name(inner_factory)
+    float_dtype = checks.canonicalize_dtype(fn, "hyperparam_dtype", hyperparam_dtype)
+    factory_name = describe(inner_factory)
 
     @functools.wraps(inner_factory)
     def make(*args: Any, **kwargs: Any) -> GradientTransformation:
@@ -147,7 +148,6 @@ def inject_hyperparams(
             bound = signature.bind(*args, **kwargs)
         except TypeError as err:
             raise TypeError(f"{fn}({factory_name}): {err}") from err
-        given = dict(bound.arguments)
         bound.apply_defaults()
         static, schedules, numeric = {}, {}, {}
         for name, value in bound.arguments.items():
@@ -160,7 +160,7 @@ def inject_hyperparams(
             else:
                 static[name] = value
         # Built once here so that bad values raise now, with the factory's own message.
-        at_zero = {k: s(base.zero_count()) for k, s in schedules.items()}
+        at_zero = {k: s(numerics.zero_count()) for k, s in schedules.items()}
         inner_factory(**static, **numeric, **at_zero)
 
         def values_at(count, stored):
@@ -170,8 +170,8 @@ def inject_hyperparams(
             return values
 
         def init(params):
-            dtype = float_dtype or base.compute_dtype(*jax.tree.leaves(params))
-            count = base.zero_count()
+            dtype = float_dtype or numerics.compute_dtype(*jax.tree.leaves(params))
+            count = numerics.zero_count()
             hyperparams = {k: _stored(v, dtype) for k, v in numeric.items()}
             hyperparams.update(
                 {k: _stored(s(count), dtype, keep_typed=False) for k, s in schedules.items()}
@@ -186,12 +186,26 @@ def inject_hyperparams(
                 fn, f"{factory_name}(...)", inner_factory(**static, **hyperparams)
             )
             updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-            count = base.safe_increment(state.count)
+            count = numerics.safe_increment(state.count)
             return updates, InjectHyperparamsState(count, hyperparams, inner_state)
 
-        return base.transformation(f"{fn}({factory_name})", init, update, **given)
+        return GradientTransformation(
+            init, update, Spec(made, _bind(make, signature, args, kwargs))
+        )
 
-    return make
+    made = Recorded(
+        make,
+        Spec(
+            inject_hyperparams,
+            _bind(
+                inject_hyperparams, _SIGNATURE, (inner_factory, static_args, hyperparam_dtype), {}
+            ),
+        ),
+    )
+    return made
+
+
+_SIGNATURE = inspect.signature(inject_hyperparams)
 
 
 # ----------------------------------------------------------------------------

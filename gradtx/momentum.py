@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from gradtx import base
-from gradtx.base import GradientTransformation, PyTree
+from gradtx import checks, numerics
+from gradtx.base import GradientTransformation, PyTree, factory
 from gradtx.ewa import zeros_like_tree
 
 
@@ -13,6 +13,7 @@ class TraceState(NamedTuple):
     trace: PyTree  # same tree as params, in `accumulator_dtype`
 
 
+@factory
 def trace(
     decay: float, nesterov: bool = False, accumulator_dtype: Any | None = None
 ) -> GradientTransformation:
@@ -49,27 +50,25 @@ def trace(
     Raises:
         ValueError: if `decay` is outside $[0, 1)$.
     """
-    base.check_decay("trace", "decay", decay)
-    base.check_bool("trace", "nesterov", nesterov)
-    dtype = base.canonicalize_dtype("trace", "accumulator_dtype", accumulator_dtype)
+    checks.check_decay("trace", "decay", decay)
+    checks.check_bool("trace", "nesterov", nesterov)
+    dtype = checks.canonicalize_dtype("trace", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
         return TraceState(zeros_like_tree(params, dtype))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        base.check_tree_match("trace", updates, state.trace)
+        checks.check_tree_match("trace", updates, state.trace)
 
         def leaf(g, v):
-            dtype = base.compute_dtype(g, v)
-            beta = base.as_compute(decay, dtype)
+            dtype = numerics.compute_dtype(g, v)
+            beta = numerics.as_compute(decay, dtype)
             v_new = beta * v.astype(dtype) + g.astype(dtype)
             out = g.astype(dtype) + beta * v_new if nesterov else v_new
             return out.astype(g.dtype), v_new.astype(v.dtype)
 
-        out, new_trace = base.tree_map_multi(leaf, 2, updates, state.trace)
+        out, new_trace = numerics.tree_map_multi(leaf, 2, updates, state.trace)
         return out, TraceState(new_trace)
 
-    return base.transformation(
-        "trace", init, update, decay=decay, nesterov=nesterov, accumulator_dtype=dtype
-    )
+    return GradientTransformation(init, update)

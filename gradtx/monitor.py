@@ -18,8 +18,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from gradtx import base
-from gradtx.base import GradientTransformation, PyTree
+from gradtx import base, numerics
+from gradtx.base import GradientTransformation, PyTree, factory
 from gradtx.clipping import global_norm
 
 
@@ -33,6 +33,7 @@ class MonitorNormsState(NamedTuple):
     inner_state: PyTree  # the inner transformation's state
 
 
+@factory
 def monitor_norms(inner: GradientTransformation | None = None) -> GradientTransformation:
     r"""Passes `inner`'s updates through unchanged and records global norms in the state.
 
@@ -61,7 +62,9 @@ def monitor_norms(inner: GradientTransformation | None = None) -> GradientTransf
 
     def init(params):
         zero = jnp.zeros([], jnp.float32)
-        return MonitorNormsState(base.zero_count(), zero, zero, zero, zero, zero, tx.init(params))
+        return MonitorNormsState(
+            numerics.zero_count(), zero, zero, zero, zero, zero, tx.init(params)
+        )
 
     def update(updates, state, params=None, **extra_args):
         new_updates, inner_state = tx.update(updates, state.inner_state, params, **extra_args)
@@ -72,7 +75,7 @@ def monitor_norms(inner: GradientTransformation | None = None) -> GradientTransf
         else:
             param_norm = global_norm(params).astype(jnp.float32)
         return new_updates, MonitorNormsState(
-            count=base.safe_increment(state.count),
+            count=numerics.safe_increment(state.count),
             grad_norm=grad_norm,
             update_norm=update_norm,
             param_norm=param_norm,
@@ -81,4 +84,4 @@ def monitor_norms(inner: GradientTransformation | None = None) -> GradientTransf
             inner_state=inner_state,
         )
 
-    return base.transformation(fn, init, update, *([] if inner is None else [tx]))
+    return GradientTransformation(init, update)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gradtx import base
+from gradtx import checks
 from gradtx.adam import scale_by_adam, scale_by_amsgrad
 from gradtx.base import GradientTransformation, PyTree, ScalarOrSchedule
 from gradtx.combine import chain
@@ -21,7 +21,7 @@ from gradtx.weight_decay import add_decayed_weights
 
 
 def _lr(fn: str, learning_rate: ScalarOrSchedule) -> GradientTransformation:
-    base.check_scalar_or_schedule(fn, "learning_rate", learning_rate)
+    checks.check_scalar_or_schedule(fn, "learning_rate", learning_rate)
     return scale_by_learning_rate(learning_rate)
 
 

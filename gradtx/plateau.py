@@ -17,15 +17,14 @@ class: there, wrap the piece as `optax.GradientTransformationExtraArgs(*reduce_o
 
 from __future__ import annotations
 
-import numbers
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from gradtx import base
-from gradtx.base import GradientTransformation
+from gradtx import checks, numerics
+from gradtx.base import GradientTransformation, factory
 
 
 class ReduceOnPlateauState(NamedTuple):
@@ -37,22 +36,7 @@ class ReduceOnPlateauState(NamedTuple):
     avg_value: Float[Array, ""]  # mean of those values
 
 
-def _check_int(fn: str, name: str, value: Any, low: int) -> None:
-    """`value` is an integer >= `low`: a Python/numpy int, or a concrete integer array."""
-    if not base.is_concrete(value):
-        return
-    if (
-        isinstance(value, jax.Array)
-        and value.ndim == 0
-        and jnp.issubdtype(value.dtype, jnp.integer)
-    ):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{fn}: {name} must be an integer >= {low}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{fn}: {name} must be an integer >= {low}, got {value!r}")
-
-
+@factory
 def reduce_on_plateau(
     factor: float = 0.1,
     patience: int = 10,
@@ -110,13 +94,13 @@ def reduce_on_plateau(
         ValueError, TypeError: for an argument out of range or of the wrong kind.
     """
     fn = "reduce_on_plateau"
-    base.check_range(fn, "factor", factor, 0.0, 1.0, low_open=True, high_open=True)
-    _check_int(fn, "patience", patience, 1)
-    base.check_non_negative(fn, "rtol", rtol)
-    base.check_non_negative(fn, "atol", atol)
-    _check_int(fn, "cooldown", cooldown, 0)
-    _check_int(fn, "accumulation_size", accumulation_size, 1)
-    base.check_range(fn, "min_scale", min_scale, 0.0, 1.0)
+    checks.check_range(fn, "factor", factor, 0.0, 1.0, low_open=True, high_open=True)
+    checks.check_int(fn, "patience", patience, 1, traced=True)
+    checks.check_non_negative(fn, "rtol", rtol)
+    checks.check_non_negative(fn, "atol", atol)
+    checks.check_int(fn, "cooldown", cooldown, 0, traced=True)
+    checks.check_int(fn, "accumulation_size", accumulation_size, 1, traced=True)
+    checks.check_range(fn, "min_scale", min_scale, 0.0, 1.0)
     if mode not in ("min", "max"):
         raise ValueError(f"{fn}: mode must be 'min' or 'max', got {mode!r}")
     sign = 1.0 if mode == "min" else -1.0
@@ -127,9 +111,9 @@ def reduce_on_plateau(
         return ReduceOnPlateauState(
             scale=jnp.ones([], f32),
             best_value=jnp.asarray(sign * jnp.inf, f32),
-            plateau_count=base.zero_count(),
-            cooldown_count=base.zero_count(),
-            count=base.zero_count(),
+            plateau_count=numerics.zero_count(),
+            cooldown_count=numerics.zero_count(),
+            count=numerics.zero_count(),
             avg_value=jnp.zeros([], f32),
         )
 
@@ -139,7 +123,7 @@ def reduce_on_plateau(
         bar = jnp.where(jnp.isinf(best), best, best - sign * tolerance)
         improved = sign * value < sign * bar
         best = jnp.where(improved, value, best)
-        plateau = jnp.where(improved, 0, base.safe_increment(state.plateau_count))
+        plateau = jnp.where(improved, 0, numerics.safe_increment(state.plateau_count))
         cooling = state.cooldown_count > 0
         reduce = jnp.logical_and(jnp.logical_not(cooling), plateau >= patience)
         reduced = jnp.maximum(state.scale * jnp.asarray(factor, f32), jnp.asarray(min_scale, f32))
@@ -150,7 +134,7 @@ def reduce_on_plateau(
             cooldown_count=jnp.where(
                 cooling, state.cooldown_count - 1, jnp.where(reduce, cooldown, 0)
             ).astype(jnp.int32),
-            count=base.zero_count(),
+            count=numerics.zero_count(),
             avg_value=jnp.zeros([], f32),
         )
 
@@ -163,26 +147,14 @@ def reduce_on_plateau(
             )
         if jnp.ndim(value) != 0:
             raise ValueError(f"{fn}: value must be a scalar, got shape {jnp.shape(value)}")
-        count = base.safe_increment(state.count)
+        count = numerics.safe_increment(state.count)
         total = state.count.astype(f32) * state.avg_value + jnp.asarray(value).astype(f32)
         mean = total / count.astype(f32)
         state = state._replace(count=count, avg_value=mean)
         ready = count >= accumulation_size
         decided = decide(state)
         state = jax.tree.map(lambda d, s: jnp.where(ready, d, s), decided, state)
-        out = jax.tree.map(lambda g: base.scale_leaf(g, state.scale), updates)
+        out = jax.tree.map(lambda g: numerics.scale_leaf(g, state.scale), updates)
         return out, state
 
-    return base.transformation(
-        fn,
-        init,
-        update,
-        factor=factor,
-        patience=patience,
-        rtol=rtol,
-        atol=atol,
-        cooldown=cooldown,
-        accumulation_size=accumulation_size,
-        min_scale=min_scale,
-        mode=mode,
-    )
+    return GradientTransformation(init, update)

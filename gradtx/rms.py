@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Int
 
-from gradtx import base
-from gradtx.base import GradientTransformation, PyTree
+from gradtx import checks, numerics
+from gradtx.base import GradientTransformation, PyTree, factory
 from gradtx.ewa import debias_factor, moment_update, zeros_like_tree
 
 
@@ -30,21 +30,22 @@ class ScaleByRssState(NamedTuple):
 
 def _inverse_root(s: Array, eps: float, eps_in_sqrt: bool) -> Array:
     r"""$1/\sqrt{s + \epsilon}$ or $1/(\sqrt{s} + \epsilon)$, in float32 or wider."""
-    dtype = base.compute_dtype(s)
-    s, eps = s.astype(dtype), base.as_compute(eps, dtype)
+    dtype = numerics.compute_dtype(s)
+    s, eps = s.astype(dtype), numerics.as_compute(eps, dtype)
     if eps_in_sqrt:
         return jax.lax.rsqrt(s + eps)
     return 1 / (jnp.sqrt(s) + eps)
 
 
 def _check_rms_args(fn: str, decay, eps, initial_scale, eps_in_sqrt, bias_correction) -> None:
-    base.check_decay(fn, "decay", decay)
-    base.check_non_negative(fn, "eps", eps)
-    base.check_non_negative(fn, "initial_scale", initial_scale)
-    base.check_bool(fn, "eps_in_sqrt", eps_in_sqrt)
-    base.check_bool(fn, "bias_correction", bias_correction)
+    checks.check_decay(fn, "decay", decay)
+    checks.check_non_negative(fn, "eps", eps)
+    checks.check_non_negative(fn, "initial_scale", initial_scale)
+    checks.check_bool(fn, "eps_in_sqrt", eps_in_sqrt)
+    checks.check_bool(fn, "bias_correction", bias_correction)
 
 
+@factory
 def scale_by_rms(
     decay: float = 0.9,
     eps: float = 1e-8,
@@ -81,39 +82,30 @@ def scale_by_rms(
         ValueError: for `decay` outside $[0, 1)$ or negative `eps`/`initial_scale`.
     """
     _check_rms_args("scale_by_rms", decay, eps, initial_scale, eps_in_sqrt, bias_correction)
-    dtype = base.canonicalize_dtype("scale_by_rms", "accumulator_dtype", accumulator_dtype)
+    dtype = checks.canonicalize_dtype("scale_by_rms", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
         return ScaleByRmsState(
-            base.zero_count(), zeros_like_tree(params, dtype, fill=initial_scale)
+            numerics.zero_count(), zeros_like_tree(params, dtype, fill=initial_scale)
         )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        base.check_tree_match("scale_by_rms", updates, state.nu)
-        count = base.safe_increment(state.count)
+        checks.check_tree_match("scale_by_rms", updates, state.nu)
+        count = numerics.safe_increment(state.count)
         nu = jax.tree.map(lambda s, g: moment_update(decay, s, g, order=2), state.nu, updates)
         factor = debias_factor(decay, count) if bias_correction else None
 
         def scaled(g, s):
-            s_hat = s if factor is None else base.scale_leaf(s, factor)
-            return base.scale_leaf(g, _inverse_root(s_hat, eps, eps_in_sqrt))
+            s_hat = s if factor is None else numerics.scale_leaf(s, factor)
+            return numerics.scale_leaf(g, _inverse_root(s_hat, eps, eps_in_sqrt))
 
         return jax.tree.map(scaled, updates, nu), ScaleByRmsState(count, nu)
 
-    return base.transformation(
-        "scale_by_rms",
-        init,
-        update,
-        decay=decay,
-        eps=eps,
-        initial_scale=initial_scale,
-        eps_in_sqrt=eps_in_sqrt,
-        bias_correction=bias_correction,
-        accumulator_dtype=dtype,
-    )
+    return GradientTransformation(init, update)
 
 
+@factory
 def scale_by_stddev(
     decay: float = 0.9,
     eps: float = 1e-8,
@@ -138,44 +130,35 @@ def scale_by_stddev(
         A `GradientTransformation` with state `ScaleByStddevState(count, mu, nu)`.
     """
     _check_rms_args("scale_by_stddev", decay, eps, initial_scale, eps_in_sqrt, bias_correction)
-    dtype = base.canonicalize_dtype("scale_by_stddev", "accumulator_dtype", accumulator_dtype)
+    dtype = checks.canonicalize_dtype("scale_by_stddev", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
         return ScaleByStddevState(
-            base.zero_count(),
+            numerics.zero_count(),
             zeros_like_tree(params, dtype),
             zeros_like_tree(params, dtype, fill=initial_scale),
         )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        base.check_tree_match("scale_by_stddev", updates, state.nu)
-        count = base.safe_increment(state.count)
+        checks.check_tree_match("scale_by_stddev", updates, state.nu)
+        count = numerics.safe_increment(state.count)
         mu = jax.tree.map(lambda m, g: moment_update(decay, m, g), state.mu, updates)
         nu = jax.tree.map(lambda s, g: moment_update(decay, s, g, order=2), state.nu, updates)
         factor = debias_factor(decay, count) if bias_correction else None
 
         def scaled(g, m, s):
             if factor is not None:
-                m, s = base.scale_leaf(m, factor), base.scale_leaf(s, factor)
+                m, s = numerics.scale_leaf(m, factor), numerics.scale_leaf(s, factor)
             variance = jnp.maximum(s - m * m, 0)
-            return base.scale_leaf(g, _inverse_root(variance, eps, eps_in_sqrt))
+            return numerics.scale_leaf(g, _inverse_root(variance, eps, eps_in_sqrt))
 
         return jax.tree.map(scaled, updates, mu, nu), ScaleByStddevState(count, mu, nu)
 
-    return base.transformation(
-        "scale_by_stddev",
-        init,
-        update,
-        decay=decay,
-        eps=eps,
-        initial_scale=initial_scale,
-        eps_in_sqrt=eps_in_sqrt,
-        bias_correction=bias_correction,
-        accumulator_dtype=dtype,
-    )
+    return GradientTransformation(init, update)
 
 
+@factory
 def scale_by_rss(
     initial_accumulator_value: float = 0.1,
     eps: float = 1e-7,
@@ -197,37 +180,33 @@ def scale_by_rss(
     Returns:
         A `GradientTransformation` with state `ScaleByRssState(sum_of_squares)`.
     """
-    base.check_non_negative("scale_by_rss", "initial_accumulator_value", initial_accumulator_value)
-    base.check_non_negative("scale_by_rss", "eps", eps)
+    checks.check_non_negative(
+        "scale_by_rss", "initial_accumulator_value", initial_accumulator_value
+    )
+    checks.check_non_negative("scale_by_rss", "eps", eps)
 
-    dtype = base.canonicalize_dtype("scale_by_rss", "accumulator_dtype", accumulator_dtype)
+    dtype = checks.canonicalize_dtype("scale_by_rss", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
         return ScaleByRssState(zeros_like_tree(params, dtype, fill=initial_accumulator_value))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        base.check_tree_match("scale_by_rss", updates, state.sum_of_squares)
+        checks.check_tree_match("scale_by_rss", updates, state.sum_of_squares)
         total = jax.tree.map(
             lambda s, g: (
-                s.astype(base.compute_dtype(s, g)) + jnp.square(g.astype(base.compute_dtype(s, g)))
+                s.astype(numerics.compute_dtype(s, g))
+                + jnp.square(g.astype(numerics.compute_dtype(s, g)))
             ).astype(s.dtype),
             state.sum_of_squares,
             updates,
         )
 
         def scaled(g, s):
-            s = s.astype(base.compute_dtype(s))
-            inv = jnp.where(s > 0, jax.lax.rsqrt(s + base.as_compute(eps, s.dtype)), 0)
-            return base.scale_leaf(g, inv)
+            s = s.astype(numerics.compute_dtype(s))
+            inv = jnp.where(s > 0, jax.lax.rsqrt(s + numerics.as_compute(eps, s.dtype)), 0)
+            return numerics.scale_leaf(g, inv)
 
         return jax.tree.map(scaled, updates, total), ScaleByRssState(total)
 
-    return base.transformation(
-        "scale_by_rss",
-        init,
-        update,
-        initial_accumulator_value=initial_accumulator_value,
-        eps=eps,
-        accumulator_dtype=dtype,
-    )
+    return GradientTransformation(init, update)

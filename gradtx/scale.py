@@ -7,14 +7,15 @@ from typing import NamedTuple
 import jax
 from jaxtyping import Array, Int
 
-from gradtx import base
-from gradtx.base import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule
+from gradtx import checks, numerics
+from gradtx.base import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule, factory
 
 
 class ScaleByScheduleState(NamedTuple):
     count: Int[Array, ""]  # steps taken; the schedule is evaluated at this count
 
 
+@factory
 def scale(step_size: float) -> GradientTransformation:
     r"""$u = s \cdot g$ with a constant $s$. Stores nothing.
 
@@ -22,7 +23,7 @@ def scale(step_size: float) -> GradientTransformation:
         step_size: $s$, any real number (negative for descent; see
             `scale_by_learning_rate`).
     """
-    base.check_range("scale", "step_size", step_size)
+    checks.check_range("scale", "step_size", step_size)
 
     def init(params):
         del params
@@ -30,11 +31,12 @@ def scale(step_size: float) -> GradientTransformation:
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        return jax.tree.map(lambda g: base.scale_leaf(g, step_size), updates), state
+        return jax.tree.map(lambda g: numerics.scale_leaf(g, step_size), updates), state
 
-    return base.transformation("scale", init, update, step_size)
+    return GradientTransformation(init, update)
 
 
+@factory
 def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     r"""$u_t = s(t) \cdot g_t$ with $s$ a schedule evaluated at the step count $t = 0, 1, \dots$
 
@@ -51,17 +53,18 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
 
     def init(params):
         del params
-        return ScaleByScheduleState(base.zero_count())
+        return ScaleByScheduleState(numerics.zero_count())
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         step_size = step_size_fn(state.count)
-        out = jax.tree.map(lambda g: base.scale_leaf(g, step_size), updates)
-        return out, ScaleByScheduleState(base.safe_increment(state.count))
+        out = jax.tree.map(lambda g: numerics.scale_leaf(g, step_size), updates)
+        return out, ScaleByScheduleState(numerics.safe_increment(state.count))
 
-    return base.transformation("scale_by_schedule", init, update, step_size_fn)
+    return GradientTransformation(init, update)
 
 
+@factory
 def scale_by_learning_rate(
     learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
 ) -> GradientTransformation:
@@ -77,14 +80,11 @@ def scale_by_learning_rate(
     Raises:
         ValueError: for a negative constant rate.
     """
-    base.check_scalar_or_schedule("scale_by_learning_rate", "learning_rate", learning_rate)
-    base.check_bool("scale_by_learning_rate", "flip_sign", flip_sign)
+    checks.check_scalar_or_schedule("scale_by_learning_rate", "learning_rate", learning_rate)
+    checks.check_bool("scale_by_learning_rate", "flip_sign", flip_sign)
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
         inner = scale_by_schedule(lambda count: sign * learning_rate(count))
     else:
         inner = scale(sign * learning_rate)
-    hparams = {} if flip_sign else {"flip_sign": False}
-    return base.transformation(
-        "scale_by_learning_rate", inner.init, inner.update, learning_rate, **hparams
-    )
+    return GradientTransformation(inner.init, inner.update)

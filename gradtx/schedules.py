@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from gradtx.base import Schedule, check_bool, check_positive_int, check_range, is_concrete
+from gradtx.checks import check_bool, check_int, check_range, is_concrete
+from gradtx.spec import recorded
+from gradtx.typing import Schedule
 
 Count = Int[ArrayLike, "..."]
 Weight = Callable[[Float[Array, "..."]], Float[Array, "..."]]
@@ -51,14 +52,6 @@ def _check_finite(
 ) -> None:
     """`value` is a finite real number above `low` (at or above it with `low_open=False`)."""
     check_range(fn, name, value, low, math.inf, low_open=low_open, high_open=True, hint=hint)
-
-
-def _check_non_negative_int(fn: str, name: str, value: int) -> None:
-    """`value` is a Python (or numpy) integer >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{fn}: {name} must be a non-negative integer, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{fn}: {name} must be a non-negative integer, got {value!r}")
 
 
 def _float(x: ArrayLike) -> Array:
@@ -105,6 +98,7 @@ def _sequence(*segments: tuple[int, ArrayLike, ArrayLike, Weight]) -> Schedule:
 # Constant and the course's decays (IDEAS §7).
 
 
+@recorded
 def constant_schedule(value: ArrayLike) -> Schedule:
     r"""Holds one value: $\alpha_t = \alpha$.
 
@@ -121,6 +115,7 @@ def constant_schedule(value: ArrayLike) -> Schedule:
     return lambda count: jnp.full(jnp.shape(count), value, jnp.result_type(float))
 
 
+@recorded
 def exponential_decay(
     init_value: ArrayLike,
     transition_steps: int,
@@ -162,9 +157,9 @@ def exponential_decay(
     """
     fn = "exponential_decay"
     _check_finite(fn, "init_value", init_value)
-    check_positive_int(fn, "transition_steps", transition_steps)
+    check_int(fn, "transition_steps", transition_steps, 1)
     _check_finite(fn, "decay_rate", decay_rate, 0.0, hint="for a constant use constant_schedule")
-    _check_non_negative_int(fn, "transition_begin", transition_begin)
+    check_int(fn, "transition_begin", transition_begin, 0)
     check_bool(fn, "staircase", staircase)
     if end_value is not None:
         _check_finite(fn, "end_value", end_value)
@@ -187,6 +182,7 @@ def exponential_decay(
     return schedule
 
 
+@recorded
 def inverse_time_decay(
     init_value: ArrayLike,
     decay_rate: ArrayLike,
@@ -213,7 +209,7 @@ def inverse_time_decay(
     fn = "inverse_time_decay"
     _check_finite(fn, "init_value", init_value)
     _check_finite(fn, "decay_rate", decay_rate, 0.0, low_open=False)
-    check_positive_int(fn, "transition_steps", transition_steps)
+    check_int(fn, "transition_steps", transition_steps, 1)
     check_bool(fn, "staircase", staircase)
 
     def schedule(count):
@@ -223,6 +219,7 @@ def inverse_time_decay(
     return schedule
 
 
+@recorded
 def inverse_sqrt_decay(
     init_value: ArrayLike,
     k: ArrayLike = 1.0,
@@ -250,7 +247,7 @@ def inverse_sqrt_decay(
     fn = "inverse_sqrt_decay"
     _check_finite(fn, "init_value", init_value)
     _check_finite(fn, "k", k, 0.0)
-    check_positive_int(fn, "transition_steps", transition_steps)
+    check_int(fn, "transition_steps", transition_steps, 1)
     check_bool(fn, "staircase", staircase)
 
     def schedule(count):
@@ -260,6 +257,7 @@ def inverse_sqrt_decay(
     return schedule
 
 
+@recorded
 def piecewise_constant_schedule(
     init_value: ArrayLike, boundaries_and_scales: Mapping[int, ArrayLike] | None = None
 ) -> Schedule:
@@ -292,7 +290,7 @@ def piecewise_constant_schedule(
             f"got {type(boundaries_and_scales).__name__}"
         )
     for boundary, scale in boundaries_and_scales.items():
-        _check_non_negative_int(fn, "boundaries_and_scales key", boundary)
+        check_int(fn, "boundaries_and_scales key", boundary, 0)
         _check_finite(fn, f"boundaries_and_scales[{boundary!r}]", scale, 0.0, low_open=False)
     steps = sorted(boundaries_and_scales.items())
 
@@ -313,14 +311,15 @@ def _polynomial_schedule(fn, init_value, end_value, power, transition_steps, tra
     _check_finite(fn, "init_value", init_value)
     _check_finite(fn, "end_value", end_value)
     _check_finite(fn, "power", power, 0.0)
-    check_positive_int(fn, "transition_steps", transition_steps)
-    _check_non_negative_int(fn, "transition_begin", transition_begin)
+    check_int(fn, "transition_steps", transition_steps, 1)
+    check_int(fn, "transition_begin", transition_begin, 0)
     weight = _polynomial(power)
     return lambda count: _anneal(
         count, init_value, end_value, transition_steps, weight, transition_begin
     )
 
 
+@recorded
 def polynomial_schedule(
     init_value: ArrayLike,
     end_value: ArrayLike,
@@ -350,6 +349,7 @@ def polynomial_schedule(
     )
 
 
+@recorded
 def linear_schedule(
     init_value: ArrayLike,
     end_value: ArrayLike,
@@ -375,6 +375,7 @@ def linear_schedule(
     )
 
 
+@recorded
 def cosine_decay_schedule(
     init_value: ArrayLike,
     decay_steps: int,
@@ -402,13 +403,14 @@ def cosine_decay_schedule(
     """
     fn = "cosine_decay_schedule"
     _check_finite(fn, "init_value", init_value)
-    check_positive_int(fn, "decay_steps", decay_steps)
+    check_int(fn, "decay_steps", decay_steps, 1)
     check_range(fn, "alpha", alpha, 0.0, 1.0)
     _check_finite(fn, "exponent", exponent, 0.0)
     weight = _cosine(exponent)
     return lambda count: _anneal(count, init_value, alpha * init_value, decay_steps, weight)
 
 
+@recorded
 def warmup_cosine_decay_schedule(
     init_value: ArrayLike,
     peak_value: ArrayLike,
@@ -444,8 +446,8 @@ def warmup_cosine_decay_schedule(
     _check_finite(fn, "init_value", init_value)
     _check_finite(fn, "peak_value", peak_value)
     _check_finite(fn, "end_value", end_value)
-    _check_non_negative_int(fn, "warmup_steps", warmup_steps)
-    check_positive_int(fn, "decay_steps", decay_steps)
+    check_int(fn, "warmup_steps", warmup_steps, 0)
+    check_int(fn, "decay_steps", decay_steps, 1)
     if decay_steps <= warmup_steps:
         raise ValueError(
             f"{fn}: decay_steps must exceed warmup_steps={warmup_steps}, got {decay_steps!r}; "
@@ -458,6 +460,7 @@ def warmup_cosine_decay_schedule(
     )
 
 
+@recorded
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     r"""Runs `schedules` one after another, each restarting the count at its boundary.
 
@@ -486,7 +489,7 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
             f"got {len(boundaries)}: {boundaries!r}"
         )
     for i, b in enumerate(boundaries):
-        _check_non_negative_int(fn, f"boundaries[{i}]", b)
+        check_int(fn, f"boundaries[{i}]", b, 0)
     if any(a >= b for a, b in itertools.pairwise(boundaries)):
         raise ValueError(f"{fn}: boundaries must be strictly increasing, got {boundaries!r}")
 
@@ -500,13 +503,14 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
 
 
 def _check_onecycle(fn, transition_steps, peak_value, pct_start, div_factor, final_div_factor):
-    check_positive_int(fn, "transition_steps", transition_steps)
+    check_int(fn, "transition_steps", transition_steps, 1)
     _check_finite(fn, "peak_value", peak_value)
     check_range(fn, "pct_start", pct_start, 0.0, 1.0, high_open=True)
     _check_finite(fn, "div_factor", div_factor, 0.0)
     _check_finite(fn, "final_div_factor", final_div_factor, 0.0)
 
 
+@recorded
 def cosine_onecycle_schedule(
     transition_steps: int,
     peak_value: ArrayLike,
@@ -545,6 +549,7 @@ def cosine_onecycle_schedule(
     )
 
 
+@recorded
 def linear_onecycle_schedule(
     transition_steps: int,
     peak_value: ArrayLike,

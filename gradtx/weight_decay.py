@@ -8,14 +8,15 @@ from typing import NamedTuple
 import jax
 from jaxtyping import Array, Int
 
-from gradtx import base
-from gradtx.base import GradientTransformation, PyTree, ScalarOrSchedule
+from gradtx import checks, numerics
+from gradtx.base import GradientTransformation, PyTree, ScalarOrSchedule, factory
 
 
 class AddDecayedWeightsState(NamedTuple):
     count: Int[Array, ""]  # steps taken, for a scheduled `weight_decay`
 
 
+@factory
 def add_decayed_weights(
     weight_decay: ScalarOrSchedule = 0.0,
     mask: PyTree | Callable[[PyTree], PyTree] | None = None,
@@ -34,11 +35,11 @@ def add_decayed_weights(
         ValueError: for a negative `weight_decay`, or (in `update`) when `params`
             is not passed.
     """
-    base.check_scalar_or_schedule("add_decayed_weights", "weight_decay", weight_decay)
+    checks.check_scalar_or_schedule("add_decayed_weights", "weight_decay", weight_decay)
 
     def init(params):
         del params
-        return AddDecayedWeightsState(base.zero_count())
+        return AddDecayedWeightsState(numerics.zero_count())
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
@@ -46,12 +47,14 @@ def add_decayed_weights(
             raise ValueError(
                 "add_decayed_weights: update needs params (call opt.update(grads, state, params))"
             )
-        base.check_tree_match("add_decayed_weights", updates, params, "updates", "params")
-        wd = base.evaluate(weight_decay, state.count)
-        out = jax.tree.map(lambda g, p: g + base.scale_leaf(p, wd).astype(g.dtype), updates, params)
-        return out, AddDecayedWeightsState(base.safe_increment(state.count))
+        checks.check_tree_match("add_decayed_weights", updates, params, "updates", "params")
+        wd = numerics.evaluate(weight_decay, state.count)
+        out = jax.tree.map(
+            lambda g, p: g + numerics.scale_leaf(p, wd).astype(g.dtype), updates, params
+        )
+        return out, AddDecayedWeightsState(numerics.safe_increment(state.count))
 
-    tx = base.transformation("add_decayed_weights", init, update, weight_decay=weight_decay)
+    tx = GradientTransformation(init, update)
     if mask is None:
         return tx
     from gradtx.combine import masked

@@ -8,7 +8,7 @@ import pytest
 
 import gradtx
 from gradtx.accumulation import AccumulateState, accumulate, has_updated
-from gradtx.base import EmptyState, apply_updates, transformation
+from gradtx.base import EmptyState, GradientTransformation, apply_updates
 
 
 def _sgd(learning_rate):
@@ -22,7 +22,7 @@ def _sgd(learning_rate):
         del params
         return jax.tree.map(lambda g: -learning_rate * g, updates), state
 
-    return transformation("sgd", init, update, learning_rate=learning_rate)
+    return GradientTransformation(init, update)
 
 
 def _problem(n=32, seed=0):
@@ -48,11 +48,11 @@ def _assert_trees_close(got, want, rtol=1e-5, atol=1e-6):
 
 
 def test_repr():
-    assert repr(accumulate(_sgd(0.1), every_k=4)) == "accumulate(sgd(learning_rate=0.1), every_k=4)"
+    assert repr(accumulate(_sgd(0.1), every_k=4)) == "accumulate(<transformation test_accumulation._sgd>, 4)"
     nested = accumulate(accumulate(_sgd(0.5), 2), 3, accumulator_dtype=jnp.float32)
     assert repr(accumulate(gradtx.adam(1e-3), 2)).startswith("accumulate(chain(scale_by_adam(")
     assert repr(nested) == (
-        "accumulate(accumulate(sgd(learning_rate=0.5), every_k=2), every_k=3, "
+        "accumulate(accumulate(<transformation test_accumulation._sgd>, 2), 3, "
         "accumulator_dtype=jnp.float32)"
     )
 
@@ -179,18 +179,18 @@ def test_extra_args_reach_the_inner_transformation():
         seen.update(extra)
         return updates, state
 
-    acc = accumulate(transformation("probe", init, update), 2)
+    acc = accumulate(GradientTransformation(init, update), 2)
     params = {"w": jnp.ones(2)}
     acc.update(params, acc.init(params), params, value=jnp.ones(()))
     assert "value" in seen
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="accumulate: every_k must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="accumulate: every_k must be an integer >= 1, got 0"):
         accumulate(_sgd(0.1), 0)
-    with pytest.raises(TypeError, match="accumulate: every_k must be a positive integer, got 2.5"):
+    with pytest.raises(TypeError, match="accumulate: every_k must be an integer >= 1, got 2.5"):
         accumulate(_sgd(0.1), 2.5)
-    with pytest.raises(TypeError, match="every_k must be a positive integer, got True"):
+    with pytest.raises(TypeError, match="every_k must be an integer >= 1, got True"):
         accumulate(_sgd(0.1), True)
     with pytest.raises(TypeError, match="accumulate: inner must be a gradient transformation"):
         accumulate(lambda g: g, 2)

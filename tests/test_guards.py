@@ -135,7 +135,7 @@ def test_state_is_stable_under_jit_and_prints():
     assert jax.tree.map(lambda x: x.dtype, new) == jax.tree.map(lambda x: x.dtype, state)
     assert repr(guarded) == (
         "apply_if_finite(chain(scale_by_adam(b1=0.9, b2=0.999, eps=1e-08, "
-        "mu_dtype=jnp.float32), scale_by_learning_rate(0.001)), max_consecutive_errors=2)"
+        "mu_dtype=jnp.float32), scale_by_learning_rate(0.001)), 2)"
     )
 
 

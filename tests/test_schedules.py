@@ -406,7 +406,7 @@ ERRORS = [
         S.exponential_decay,
         dict(init_value=1.0, transition_steps=0, decay_rate=0.9),
         ValueError,
-        "exponential_decay: transition_steps .*positive integer, got 0",
+        "exponential_decay: transition_steps must be an integer >= 1, got 0",
     ),
     (
         S.exponential_decay,
@@ -436,7 +436,7 @@ ERRORS = [
         S.exponential_decay,
         dict(init_value=1.0, transition_steps=10, decay_rate=0.9, transition_begin=-1),
         ValueError,
-        "exponential_decay: transition_begin .*non-negative integer, got -1",
+        "exponential_decay: transition_begin must be an integer >= 0, got -1",
     ),
     (
         S.exponential_decay,

@@ -1,0 +1,243 @@
+"""The checks every factory shares: hyper-parameters at construction, trees at update.
+
+One phrasing everywhere: `fn: name must be <what is allowed>, got <value>[; <the fix>]`.
+
+* Numbers: `check_range` (and its short forms `check_decay`, `check_non_negative`,
+  `check_positive`, `check_scalar_or_schedule`) skip traced values, which have no Python value
+  to look at (hyper-parameters that `inject_hyperparams` feeds in under `jit`).
+* Integers: `check_int` returns the value as a Python `int`; a value of the wrong kind raises
+  `NotAnIntegerError`, which is both a `TypeError` and a `ValueError`.
+* `check_bool`, `canonicalize_dtype`.
+* Trees: `check_tree_match` names the first mismatching key path.
+* `missing_argument`: the one error for an `update` argument a piece needs and did not get.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradtx.typing import PyTree
+
+
+class NotAnIntegerError(TypeError, ValueError):
+    """A size, count or step that is not an integer.
+
+    A `TypeError` (a value of the wrong kind) that is also a `ValueError` (an invalid argument,
+    like every other bad size), so either `except` clause catches it, the way numpy's
+    `AxisError` is both a `ValueError` and an `IndexError`.
+    """
+
+
+def is_concrete(value: Any) -> bool:
+    """True when `value` can be inspected in Python (not a tracer under `jit`)."""
+    return not isinstance(value, jax.core.Tracer)
+
+
+def as_float(fn: str, name: str, value: Any) -> float | None:
+    """The float value of a real scalar hyper-parameter, or None when it is traced.
+
+    Raises:
+        TypeError: for a bool, a string, None, a complex number or a non-numeric array.
+        ValueError: for an array that is not a scalar.
+    """
+    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
+        raise TypeError(f"{fn}: {name} must be a real number, got {value!r}")
+    if not is_concrete(value):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    try:
+        array = jnp.asarray(value)
+    except TypeError as err:
+        raise TypeError(f"{fn}: {name} must be a real number, got {value!r}") from err
+    if array.ndim != 0:
+        raise ValueError(f"{fn}: {name} must be a scalar, got an array of shape {array.shape}")
+    if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
+        raise TypeError(f"{fn}: {name} must be a real number, got dtype {array.dtype}")
+    return float(array)
+
+
+def check_range(
+    fn: str,
+    name: str,
+    value: Any,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    hint: str = "",
+) -> None:
+    """Raises a ValueError naming `fn`, `name` and `value` unless the value lies in the range.
+
+    Traced values are not checked: there is no Python value to look at.
+    """
+    x = as_float(fn, name, value)
+    if x is None:
+        return
+    ok = not math.isnan(x)
+    ok = ok and (x > low if low_open else x >= low)
+    ok = ok and (x < high if high_open else x <= high)
+    if not ok:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        bounds = f"{left}{low:g}, {high:g}{right}"
+        raise ValueError(
+            f"{fn}: {name} must be in {bounds}, got {value!r}" + (f"; {hint}" if hint else "")
+        )
+
+
+def check_decay(fn: str, name: str, value: Any) -> None:
+    """A decay rate $\\beta$ must lie in $[0, 1)$, also once rounded to float32.
+
+    A $\\beta$ that rounds to 1.0 in float32 would make $1 - \\beta^t$ zero and
+    bias correction infinite, so it is refused here rather than clamped later.
+    """
+    check_range(fn, name, value, 0.0, 1.0, high_open=True)
+    x = as_float(fn, name, value)
+    if x is not None and float(np.float32(x)) >= 1.0:
+        raise ValueError(
+            f"{fn}: {name} must be in [0, 1), got {value!r}, which rounds to 1.0 in float32"
+        )
+
+
+def check_non_negative(fn: str, name: str, value: Any) -> None:
+    """`value` is a real number $\\geq 0$ (or traced)."""
+    check_range(fn, name, value, 0.0)
+
+
+def check_positive(fn: str, name: str, value: Any) -> None:
+    """`value` is a real number $> 0$ (or traced)."""
+    check_range(fn, name, value, 0.0, low_open=True)
+
+
+def check_scalar_or_schedule(fn: str, name: str, value: Any, *, non_negative: bool = True) -> None:
+    """A learning rate (or similar) is a number (non-negative by default) or a schedule."""
+    if callable(value):
+        return
+    if non_negative:
+        check_non_negative(fn, name, value)
+    else:
+        as_float(fn, name, value)
+
+
+def check_int(fn: str, name: str, value: Any, low: int = 0, *, traced: bool = False) -> Any:
+    """`value` as a Python `int` $\\geq$ `low`: a Python or numpy integer, or a concrete
+    integer scalar array.
+
+    With `traced=True` a traced integer (e.g. a hyper-parameter fed by `inject_hyperparams`) is
+    returned unchecked; otherwise it is refused, since the value fixes a shape or a loop.
+
+    Raises:
+        NotAnIntegerError: for a bool, a float, a string, a traced value (unless `traced`).
+        ValueError: for an integer below `low`.
+    """
+    if not is_concrete(value):
+        if traced:
+            return value
+        raise NotAnIntegerError(
+            f"{fn}: {name} must be a static Python int, got a traced value; mark {name} "
+            "static under jit (static_argnums/static_argnames)"
+        )
+    if isinstance(value, (bool, np.bool_)):
+        raise NotAnIntegerError(f"{fn}: {name} must be an integer >= {low}, got {value!r}")
+    if isinstance(value, (jax.Array, np.ndarray)) and value.ndim == 0:
+        if not jnp.issubdtype(value.dtype, jnp.integer):
+            raise NotAnIntegerError(
+                f"{fn}: {name} must be an integer >= {low}, got {value!r} ({value.dtype})"
+            )
+        value = int(value)
+    try:
+        as_int = operator.index(value)
+    except TypeError:
+        raise NotAnIntegerError(
+            f"{fn}: {name} must be an integer >= {low}, got {value!r} ({type(value).__name__})"
+        ) from None
+    if as_int < low:
+        raise ValueError(f"{fn}: {name} must be an integer >= {low}, got {as_int}")
+    return as_int
+
+
+def check_bool(fn: str, name: str, value: Any) -> None:
+    """`value` is `True` or `False` (a Python bool: a flag changes the program, not its data)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
+
+
+def as_dtype(value: Any) -> np.dtype | None:
+    """`value` as a dtype when it names one (`jnp.float32`, `np.dtype('bfloat16')`), else None."""
+    if isinstance(value, np.dtype):
+        return value
+    if isinstance(value, type) and (
+        issubclass(value, np.generic) or isinstance(getattr(value, "dtype", None), np.dtype)
+    ):
+        return jnp.dtype(value)
+    return None
+
+
+def canonicalize_dtype(fn: str, name: str, dtype: Any) -> np.dtype | None:
+    """None, or `dtype` as a floating JAX dtype (float64 follows `jax_enable_x64`)."""
+    if dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"{fn}: {name} must be a dtype, got {dtype!r}") from err
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"{fn}: {name} must be a floating dtype, got {dt.name}")
+    return jax.dtypes.canonicalize_dtype(dt)
+
+
+def missing_argument(fn: str, name: str, how: str) -> TypeError:
+    """The error for an `update` argument a piece needs and was not given (raise it).
+
+    `how` shows the call that passes it, e.g. `opt.update(grads, state, params)`.
+    """
+    return TypeError(f"{fn}: update needs {name}; pass it as {how}")
+
+
+def check_tree_match(
+    fn: str, updates: PyTree, reference: PyTree, what: str = "updates", ref_name: str = "state"
+) -> None:
+    """Raises a ValueError when `updates` and `reference` differ in structure or leaf shapes.
+
+    The message names the transformation and the first mismatching key path,
+    e.g. `scale_by_adam: updates['dense']['bias'] has shape (4,), state has (3,)`.
+    Runs at trace time only (shapes are static), so it costs nothing under `jit`.
+    """
+    u_leaves, u_def = jax.tree_util.tree_flatten_with_path(updates)
+    r_leaves, r_def = jax.tree_util.tree_flatten_with_path(reference)
+    if u_def != r_def:
+        u_paths = [jax.tree_util.keystr(p) for p, _ in u_leaves]
+        r_paths = [jax.tree_util.keystr(p) for p, _ in r_leaves]
+        for up, rp in zip(u_paths, r_paths):
+            if up != rp:
+                raise ValueError(
+                    f"{fn}: tree structures differ: {what} has {what}{up} where "
+                    f"{ref_name} has {ref_name}{rp}; pass updates with the same tree as the "
+                    f"params given to init"
+                )
+        if len(u_paths) != len(r_paths):
+            longer, name, other = (
+                (u_paths, what, ref_name)
+                if len(u_paths) > len(r_paths)
+                else (r_paths, ref_name, what)
+            )
+            extra = longer[min(len(u_paths), len(r_paths))]
+            raise ValueError(
+                f"{fn}: tree structures differ: {name} has {name}{extra} which {other} lacks "
+                f"({len(u_paths)} leaves in {what}, {len(r_paths)} in {ref_name})"
+            )
+        raise ValueError(f"{fn}: tree structures differ: {what} is {u_def}, {ref_name} is {r_def}")
+    for (path, u), (_, r) in zip(u_leaves, r_leaves):
+        u_shape, r_shape = jnp.shape(u), jnp.shape(r)
+        if u_shape != r_shape:
+            key = jax.tree_util.keystr(path)
+            raise ValueError(f"{fn}: {what}{key} has shape {u_shape}, {ref_name} has {r_shape}")
