@@ -5,7 +5,7 @@ Adam, learning-rate decay — is a small, pure `GradientTransformation`; the
 optimisers are short chains of them. Structurally compatible with optax.
 """
 
-from gradtx import data, schedules
+from gradtx import data, schedules, spec
 from gradtx.accumulation import AccumulateState, accumulate, has_updated
 from gradtx.adam import (
     ScaleByAdamState,
@@ -42,6 +42,7 @@ from gradtx.combine import (
     named_chain,
     partition,
 )
+from gradtx.config import from_config, to_config
 from gradtx.elementwise import add_constant, sqrt, square
 from gradtx.ewa import BiasCorrectionState, EmaState, bias_correction, ema
 from gradtx.fused import apply_step, native_available
@@ -94,6 +95,9 @@ from gradtx.weight_decay import AddDecayedWeightsState, add_decayed_weights
 __version__ = "0.1.0"
 
 __all__ = [
+    "from_config",
+    "to_config",
+    "spec",
     "apply_step",
     "native_available",
     "GroupLayout",

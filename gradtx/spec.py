@@ -18,7 +18,8 @@ Printing follows one rule: a required argument is shown by position, an optional
 keyword, and an optional one left at a default that is a flag or an off switch (a bool, None,
 zero or an empty tuple) is not shown; other defaults (rates, decays, epsilons) are. What can
 be printed as Python is printed so, and evaluates back to an equal object; what cannot (a
-user's function, a lambda, a foreign transformation) is shown in angle brackets, `stateless(<function double>)`, which no one can mistake for Python.
+user's function, a lambda, a foreign transformation) is shown in angle brackets,
+`stateless(<function double>)`, which no one can mistake for Python.
 """
 
 from __future__ import annotations
@@ -63,21 +64,7 @@ class Spec:
 
     def call_arguments(self) -> tuple[list[Any], dict[str, Any]]:
         """`(args, kwargs)` such that `factory(*args, **kwargs)` makes the same call again."""
-        args: list[Any] = []
-        kwargs: dict[str, Any] = {}
-        for name, p in self.signature.parameters.items():
-            if name not in self.arguments:
-                continue
-            value = self.arguments[name]
-            if p.kind is p.VAR_POSITIONAL:
-                args.extend(value)
-            elif p.kind is p.VAR_KEYWORD:
-                kwargs.update(value)
-            elif p.kind is p.POSITIONAL_ONLY:
-                args.append(value)
-            else:
-                kwargs[name] = value
-        return args, kwargs
+        return split_arguments(self.signature, self.arguments)
 
     def rebuild(self) -> Any:
         """Calls the factory again with the same arguments."""
@@ -91,6 +78,28 @@ class Spec:
     def __repr__(self) -> str:
         items = ", ".join(f"{k!r}: {describe(v)}" for k, v in self.arguments.items())
         return f"Spec(factory={self.name}, arguments={{{items}}})"
+
+
+def split_arguments(
+    signature: inspect.Signature, arguments: Mapping[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Arguments by parameter name as the `(args, kwargs)` of a call: `*args`/`**kwargs`
+    parameters are splatted, positional-only ones passed by position, the rest by name."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for name, p in signature.parameters.items():
+        if name not in arguments:
+            continue
+        value = arguments[name]
+        if p.kind is p.VAR_POSITIONAL:
+            args.extend(value)
+        elif p.kind is p.VAR_KEYWORD:
+            kwargs.update(value)
+        elif p.kind is p.POSITIONAL_ONLY:
+            args.append(value)
+        else:
+            kwargs[name] = value
+    return args, kwargs
 
 
 def _bind(fn: Callable[..., Any], signature: inspect.Signature, args, kwargs) -> Mapping:
@@ -225,7 +234,7 @@ def _describe_function(f: Any) -> str:
     module = getattr(f, "__module__", None) or ""
     if not isinstance(qualname, str):
         return f"<{type(f).__name__} object>"
-    if qualname == "<lambda>":
+    if getattr(f, "__name__", None) == "<lambda>":
         try:
             names = ", ".join(inspect.signature(f).parameters)
         except (TypeError, ValueError):

@@ -48,7 +48,10 @@ def _assert_trees_close(got, want, rtol=1e-5, atol=1e-6):
 
 
 def test_repr():
-    assert repr(accumulate(_sgd(0.1), every_k=4)) == "accumulate(<transformation test_accumulation._sgd>, 4)"
+    assert (
+        repr(accumulate(_sgd(0.1), every_k=4))
+        == "accumulate(<transformation test_accumulation._sgd>, 4)"
+    )
     nested = accumulate(accumulate(_sgd(0.5), 2), 3, accumulator_dtype=jnp.float32)
     assert repr(accumulate(gradtx.adam(1e-3), 2)).startswith("accumulate(chain(scale_by_adam(")
     assert repr(nested) == (

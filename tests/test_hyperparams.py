@@ -345,4 +345,6 @@ def test_bad_values_raise_when_built():
 
 def test_prints_the_call():
     opt = inject_hyperparams(gradtx.adam)(learning_rate=lr_schedule, b1=0.8)
-    assert repr(opt) == "inject_hyperparams(adam)(<function lr_schedule>, b1=0.8, b2=0.999, eps=1e-08)"
+    assert (
+        repr(opt) == "inject_hyperparams(adam)(<function lr_schedule>, b1=0.8, b2=0.999, eps=1e-08)"
+    )
