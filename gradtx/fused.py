@@ -240,11 +240,8 @@ def _rms_attrs(args: Mapping[str, Any]) -> dict | None:
 def _rms_reference(a, s, p, g, nu):
     nu = a["decay"] * nu + a["ndecay"] * (g * g)
     nu_hat = nu * s[1] if a["bias_correction"] else nu
-    if a["eps_in_sqrt"]:
-        inv = 1 / jnp.sqrt(nu_hat + a["eps"])
-    else:
-        inv = 1 / (jnp.sqrt(nu_hat) + a["eps"])
-    return p + (g * inv) * s[0], nu
+    root = jnp.sqrt(nu_hat + a["eps"]) if a["eps_in_sqrt"] else jnp.sqrt(nu_hat) + a["eps"]
+    return p + (g * (1 / root)) * s[0], nu
 
 
 KERNELS = (

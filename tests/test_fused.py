@@ -196,3 +196,84 @@ def test_errors_name_the_function():
         fused.apply_step(opt, params, opt.init(params), params, native=1)
     with pytest.raises(TypeError, match="apply_step: tx must be a gradient transformation"):
         fused.apply_step(lambda g: g, params, (), params)
+
+
+# ----------------------------------------------------------------------------
+# Every kernel kind's derivative rule is its jax.numpy reference: checked against the
+# derivatives of the two-line step, so a wrong term in a reference fails here.
+
+KINDS = [
+    gradtx.adam(1e-2),
+    gradtx.adam(1e-2, b1=0.5, b2=0.9, eps=1e-3, eps_root=1e-4),
+    gradtx.adamw(1e-2, weight_decay=0.3),
+    gradtx.sgd(0.1, momentum=0.9),
+    gradtx.sgd(0.1, momentum=0.7, nesterov=True),
+    gradtx.rmsprop(1e-2),
+    gradtx.rmsprop(1e-2, decay=0.8, eps=1e-3, eps_in_sqrt=False, bias_correction=True),
+]
+
+
+def _steps(opt, params, native, steps=3):
+    """Params after `steps` steps on a loss whose gradient depends on the params."""
+    state = opt.init(params)
+    for _ in range(steps):
+        grads = jax.tree.map(lambda p: 2 * p + jnp.sin(3 * p), params)
+        params, state = fused.apply_step(opt, grads, state, params, native=native)
+    return params, state
+
+
+@needs_native
+@pytest.mark.parametrize("opt", KINDS, ids=repr)
+def test_grad_through_the_kernel_is_the_grad_of_the_two_line_step(opt):
+    params = {"a": jnp.linspace(-1.5, 2.0, 7), "b": jnp.asarray([[0.3, -0.8], [1.2, 0.05]])}
+    weights = jax.tree.map(
+        lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape), params
+    )
+
+    def loss(params, native):
+        new, state = _steps(opt, params, native)
+        moments = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+        out = sum(jnp.sum(w * x) for w, x in zip(jax.tree.leaves(weights), jax.tree.leaves(new)))
+        return out + sum(jnp.sum(jnp.sin(m)) for m in moments)
+
+    _assert_close(jax.grad(loss)(params, True), jax.grad(loss)(params, False), rtol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("opt", KINDS, ids=repr)
+def test_jvp_through_the_kernel_is_the_jvp_of_the_two_line_step(opt):
+    params = {"a": jnp.linspace(-1.5, 2.0, 7), "b": jnp.asarray([[0.3, -0.8], [1.2, 0.05]])}
+    tangent = jax.tree.map(lambda p: jnp.full_like(p, 0.5) - 0.1 * p, params)
+
+    def run(params, native):  # params and the floating moments (the counts have no tangent)
+        new, state = _steps(opt, params, native)
+        return new, [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+
+    out_native, t_native = jax.jvp(lambda p: run(p, True), (params,), (tangent,))
+    out_ref, t_ref = jax.jvp(lambda p: run(p, False), (params,), (tangent,))
+    _assert_close(out_native, out_ref, rtol=1e-5)
+    _assert_close(t_native, t_ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("opt", KINDS, ids=repr)
+def test_each_kind_is_chosen_from_the_record(opt):
+    plan = fused._plan(opt)
+    assert plan is not None
+    assert plan.kernel.head is gradtx.spec.spec_of(opt).arguments["transforms"][0].spec.factory
+
+
+def test_a_user_transformation_named_like_a_fused_piece_never_gets_a_kernel():
+    @gradtx.base.factory
+    def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+        """A user's piece that happens to share the name (and arguments) of gradtx's."""
+        return gradtx.scale(0.5)
+
+    opt = gradtx.chain(scale_by_adam(), gradtx.scale_by_learning_rate(1e-3))
+    assert repr(opt).startswith("chain(scale_by_adam(b1=0.9")  # same printed name...
+    assert fused._plan(opt) is None  # ...but not the same factory
+    params = _params()
+    with pytest.raises(ValueError, match="the native kernel does not apply"):
+        fused.apply_step(opt, params, opt.init(params), params, native=True)
+    new, _ = fused.apply_step(opt, params, opt.init(params), params)
+    expected = jax.tree.map(lambda p: p - 0.5e-3 * p, params)
+    _assert_close(new, expected, rtol=1e-6)
