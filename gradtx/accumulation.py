@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import DTypeLike
 from jaxtyping import Array, Bool, Int
 
 from gradtx.base import (
@@ -53,7 +54,7 @@ class AccumulateState(NamedTuple):
 
 @factory
 def accumulate(
-    inner: GradientTransformation, every_k: int, *, accumulator_dtype: Any = None
+    inner: GradientTransformation, every_k: int, *, accumulator_dtype: DTypeLike | None = None
 ) -> GradientTransformation:
     r"""Applies `inner` once per `every_k` micro-batches, to the mean of their gradients.
 
@@ -140,5 +141,9 @@ def accumulate(
 
 
 def has_updated(state: AccumulateState) -> Bool[Array, ""]:
-    """True right after an inner step: the last `update` emitted a real (non-zero) update."""
+    """True right after an inner step: the last `update` emitted a real (non-zero) update.
+
+    Args:
+        state: the state of an `accumulate` transformation.
+    """
     return jnp.logical_and(state.mini_step == 0, state.gradient_step > 0)

@@ -2,9 +2,10 @@ r"""Adam (IDEAS §6): momentum combined with RMSprop, with bias correction."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 from jaxtyping import Array, Int
 
 from gradtx import checks, numerics
@@ -38,8 +39,8 @@ def scale_by_adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    mu_dtype: Any | None = None,
-    nu_dtype: Any | None = None,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
     *,
     nesterov: bool = False,
 ) -> GradientTransformation:
@@ -118,8 +119,8 @@ def scale_by_adam_composed(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    mu_dtype: Any | None = None,
-    nu_dtype: Any | None = None,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""Adam written literally as "momentum over RMSprop", from the library's pieces.
 
@@ -135,7 +136,13 @@ def scale_by_adam_composed(
     $\hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)$, equal to
     `scale_by_adam` to float32 round-off and as fast once jitted.
 
-    Args: as `scale_by_adam` (without `nesterov`).
+    Args:
+        b1: $\beta_1 \in [0, 1)$, the momentum EWA's decay.
+        b2: $\beta_2 \in [0, 1)$, the RMS EWA's decay.
+        eps: $\epsilon \geq 0$, outside the root.
+        eps_root: $\epsilon_{root} \geq 0$, inside the root.
+        mu_dtype: storage dtype of $m$; None keeps each parameter's dtype.
+        nu_dtype: storage dtype of $v$; None keeps each parameter's dtype.
 
     Returns:
         A `GradientTransformation` with state `DivideState(numerator, denominator)`.
@@ -164,7 +171,7 @@ def scale_by_amsgrad(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    mu_dtype: Any | None = None,
+    mu_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""AMSGrad: Adam whose denominator never shrinks.
 
@@ -174,7 +181,12 @@ def scale_by_amsgrad(
     with $\hat m_t$, $\hat v_t$ as in `scale_by_adam`. Emits $u_t$; stores $t$,
     $m_t$, $v_t$ and $\hat v^{max}_t$.
 
-    Args: as `scale_by_adam`.
+    Args:
+        b1: $\beta_1 \in [0, 1)$, the momentum EWA's decay.
+        b2: $\beta_2 \in [0, 1)$, the RMS EWA's decay.
+        eps: $\epsilon \geq 0$, outside the root.
+        eps_root: $\epsilon_{root} \geq 0$, inside the root.
+        mu_dtype: storage dtype of $m$; None keeps each parameter's dtype.
 
     Returns:
         A `GradientTransformation` with state `ScaleByAmsgradState(count, mu, nu, nu_max)`.

@@ -230,6 +230,10 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     bfloat16 params are added in float32) and then cast back, so parameters
     never change dtype and no precision is thrown away before the add.
 
+    Args:
+        params: the parameters $\theta$.
+        updates: the updates $u$, a tree like `params`.
+
     Raises:
         ValueError: when `updates` and `params` differ in structure or shapes.
     """

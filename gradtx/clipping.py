@@ -11,7 +11,11 @@ from gradtx.base import GradientTransformation, PyTree
 
 
 def global_norm(tree: PyTree) -> Float[Array, ""]:
-    r"""$\lVert g \rVert = \sqrt{\sum_i g_i^2}$ over every leaf, accumulated in float32 or wider."""
+    r"""$\lVert g \rVert = \sqrt{\sum_i g_i^2}$ over every leaf, accumulated in float32 or wider.
+
+    Args:
+        tree: a pytree of arrays (0 for an empty tree).
+    """
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.zeros([], jnp.float32)

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 from jaxtyping import Array, Int
 
 from gradtx import checks, numerics
@@ -47,7 +48,7 @@ def zeros_like_tree(params: PyTree, dtype: Any = None, fill: Any = 0) -> PyTree:
 
 @factory
 def ema(
-    decay: float, debias: bool = False, accumulator_dtype: Any | None = None
+    decay: float, debias: bool = False, accumulator_dtype: DTypeLike | None = None
 ) -> GradientTransformation:
     r"""Exponentially weighted average of the updates.
 

@@ -30,7 +30,11 @@ class ZeroNansState(NamedTuple):
 
 
 def all_finite(tree: PyTree) -> Bool[Array, ""]:
-    """True when no leaf of `tree` holds a NaN or an Inf (True for an empty tree)."""
+    """True when no leaf of `tree` holds a NaN or an Inf (True for an empty tree).
+
+    Args:
+        tree: a pytree of arrays.
+    """
     flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Int
 
 from gradtx import base, checks, numerics
@@ -71,7 +72,7 @@ def _stored(value: ArrayLike, float_dtype: Any, *, keep_typed: bool = True) -> A
 def inject_hyperparams(
     inner_factory: Callable[..., GradientTransformation],
     static_args: str | Iterable[str] = (),
-    hyperparam_dtype: Any | None = None,
+    hyperparam_dtype: DTypeLike | None = None,
 ) -> Callable[..., GradientTransformation]:
     r"""Makes a factory whose numeric hyper-parameters live in the state.
 
@@ -255,6 +256,10 @@ def get_hyperparam(state: PyTree, name: str) -> Array:
     `chain`; optax's injected states work too). A scheduled hyper-parameter
     holds the value used by the last step. Works under `jit`.
 
+    Args:
+        state: an optimiser state holding an injected hyper-parameter.
+        name: the hyper-parameter's name, e.g. `"learning_rate"`.
+
     Raises:
         KeyError: if no injected hyper-parameter is called `name`.
         ValueError: if several are (the message lists their paths).
@@ -269,6 +274,11 @@ def set_hyperparam(state: PyTree, name: str, value: ArrayLike) -> PyTree:
     The value keeps the stored dtype and shape, so a jitted step does not
     re-compile; the next `update` uses it. Has no effect on a scheduled
     hyper-parameter (its value is recomputed at every step). Works under `jit`.
+
+    Args:
+        state: an optimiser state holding an injected hyper-parameter.
+        name: the hyper-parameter's name, e.g. `"learning_rate"`.
+        value: its new value, a scalar (or an array of the stored shape).
 
     Raises:
         KeyError, ValueError: as `get_hyperparam`; ValueError also when `value`

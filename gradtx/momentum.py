@@ -2,7 +2,9 @@ r"""Momentum (IDEAS §4): averaging the gradients damps the oscillation across a
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
+
+from jax.typing import DTypeLike
 
 from gradtx import checks, numerics
 from gradtx.base import GradientTransformation, PyTree, factory
@@ -15,7 +17,7 @@ class TraceState(NamedTuple):
 
 @factory
 def trace(
-    decay: float, nesterov: bool = False, accumulator_dtype: Any | None = None
+    decay: float, nesterov: bool = False, accumulator_dtype: DTypeLike | None = None
 ) -> GradientTransformation:
     r"""Heavy-ball momentum: a running sum of past updates.
 

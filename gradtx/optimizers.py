@@ -7,7 +7,8 @@ schedule (`gradtx.schedules`), applied last as $u = -\alpha_t \cdot (\dots)$.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+
+from jax.typing import DTypeLike
 
 from gradtx import checks
 from gradtx.adam import scale_by_adam, scale_by_amsgrad
@@ -29,7 +30,7 @@ def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: float | None = None,
     nesterov: bool = False,
-    accumulator_dtype: Any | None = None,
+    accumulator_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""Gradient descent, optionally with heavy-ball momentum (IDEAS §4, §9).
 
@@ -37,11 +38,20 @@ def sgd(
     $v \leftarrow \beta v + g,\ W \leftarrow W - \alpha v$ (see `trace`; for the
     course's EWA form use `momentum_ewa`).
 
-    `chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))`.
+    `chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))`, or just
+    `scale_by_learning_rate(learning_rate)` without momentum.
+
+    Args:
+        learning_rate: $\alpha$, a constant $\geq 0$ or a `count -> value` schedule.
+        momentum: $\beta \in [0, 1)$, or None for plain gradient descent.
+        nesterov: use Nesterov's look-ahead $g + \beta v$ (needs a `momentum`).
+        accumulator_dtype: storage dtype of $v$; None keeps each parameter's dtype.
     """
     if momentum is None:
         if nesterov:
-            raise ValueError("sgd: nesterov=True needs a momentum, got momentum=None")
+            raise ValueError(
+                "sgd: nesterov=True needs a momentum, got momentum=None; pass e.g. momentum=0.9"
+            )
         return _lr("sgd", learning_rate)
     return chain(trace(momentum, nesterov, accumulator_dtype), _lr("sgd", learning_rate))
 
@@ -50,17 +60,22 @@ def momentum_ewa(
     learning_rate: ScalarOrSchedule,
     beta: float = 0.9,
     debias: bool = False,
-    accumulator_dtype: Any | None = None,
+    accumulator_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""The course's momentum: an EWA of the gradients, then the step (IDEAS §4).
 
     $$v_t = \beta v_{t-1} + (1-\beta) g_t, \qquad W \leftarrow W - \alpha_t v_t$$
 
     Equals `sgd(learning_rate * (1 - beta), momentum=beta)`; the two forms and
-    how they relate under a schedule are explained in `trace`. `debias=True`
-    adds bias correction (rarely used for momentum).
+    how they relate under a schedule are explained in `trace`.
 
     `chain(ema(beta), [bias_correction(beta)], scale_by_learning_rate(learning_rate))`.
+
+    Args:
+        learning_rate: $\alpha$, a constant $\geq 0$ or a `count -> value` schedule.
+        beta: $\beta \in [0, 1)$, the EWA's decay.
+        debias: add bias correction $v_t / (1 - \beta^t)$ (rarely used for momentum).
+        accumulator_dtype: storage dtype of $v$; None keeps each parameter's dtype.
     """
     pieces = [ema(beta, accumulator_dtype=accumulator_dtype)]
     if debias:
@@ -78,14 +93,27 @@ def rmsprop(
     momentum: float | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
-    accumulator_dtype: Any | None = None,
+    accumulator_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""RMSprop (IDEAS §5): $W \leftarrow W - \alpha\, g / \sqrt{S + \epsilon}$.
 
-    `chain(scale_by_rms(...) or scale_by_stddev(...) if centered, scale_by_learning_rate,
-    [trace(momentum, nesterov)])` — momentum is applied after the rate, as in optax.
-    `accumulator_dtype` (gradtx only) sets the storage dtype of the moments,
-    e.g. float32 for bfloat16 params.
+    `chain(scale_by_rms(...), scale_by_learning_rate(learning_rate), [trace(momentum,
+    nesterov)])`, with `scale_by_stddev` in place of `scale_by_rms` when `centered`;
+    momentum is applied after the rate, as in optax.
+
+    Args:
+        learning_rate: $\alpha$, a constant $\geq 0$ or a `count -> value` schedule.
+        decay: $\beta \in [0, 1)$, the decay of the mean square $S$.
+        eps: $\epsilon \geq 0$.
+        initial_scale: $S_0 \geq 0$.
+        eps_in_sqrt: $\epsilon$ inside the root (optax's default) or outside (the course's).
+        centered: divide by an estimate of the standard deviation, $\sqrt{S - m^2}$, where
+            $m$ is an EWA of the gradients (`scale_by_stddev`).
+        momentum: $\beta_m \in [0, 1)$ for heavy-ball momentum on the scaled step, or None.
+        nesterov: Nesterov's look-ahead for that momentum (needs a `momentum`).
+        bias_correction: divide $S$ (and $m$) by $1 - \beta^t$.
+        accumulator_dtype: storage dtype of the moments (gradtx only), e.g. float32 for
+            bfloat16 params; None keeps each parameter's dtype.
     """
     scaler = scale_by_stddev if centered else scale_by_rms
     pieces = [
@@ -95,7 +123,9 @@ def rmsprop(
     if momentum is not None:
         pieces.append(trace(momentum, nesterov, accumulator_dtype))
     elif nesterov:
-        raise ValueError("rmsprop: nesterov=True needs a momentum, got momentum=None")
+        raise ValueError(
+            "rmsprop: nesterov=True needs a momentum, got momentum=None; pass e.g. momentum=0.9"
+        )
     return chain(*pieces)
 
 
@@ -103,11 +133,18 @@ def adagrad(
     learning_rate: ScalarOrSchedule,
     initial_accumulator_value: float = 0.1,
     eps: float = 1e-7,
-    accumulator_dtype: Any | None = None,
+    accumulator_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""Adagrad: $W \leftarrow W - \alpha\, g_t / \sqrt{\sum_{s \le t} g_s^2 + \epsilon}$.
 
     `chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))`.
+
+    Args:
+        learning_rate: $\alpha$, a constant $\geq 0$ or a `count -> value` schedule.
+        initial_accumulator_value: the sum's start $G_0 \geq 0$.
+        eps: $\epsilon \geq 0$.
+        accumulator_dtype: storage dtype of the sum (gradtx only); None keeps each
+            parameter's dtype.
     """
     return chain(
         scale_by_rss(initial_accumulator_value, eps, accumulator_dtype),
@@ -121,8 +158,8 @@ def adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    mu_dtype: Any | None = None,
-    nu_dtype: Any | None = None,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
     *,
     nesterov: bool = False,
 ) -> GradientTransformation:
@@ -132,6 +169,16 @@ def adam(
     see `scale_by_adam` for the moments.
 
     `chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype), scale_by_learning_rate(lr))`.
+
+    Args:
+        learning_rate: $\alpha$, a constant $\geq 0$ or a `count -> value` schedule.
+        b1: $\beta_1 \in [0, 1)$, the momentum EWA's decay.
+        b2: $\beta_2 \in [0, 1)$, the RMS EWA's decay.
+        eps: $\epsilon \geq 0$, outside the root.
+        eps_root: $\epsilon_{root} \geq 0$, inside the root.
+        mu_dtype: storage dtype of $m$; None keeps each parameter's dtype.
+        nu_dtype: storage dtype of $v$ (gradtx only).
+        nesterov: Nesterov's look-ahead on the first moment (NAdam).
     """
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
@@ -145,10 +192,20 @@ def nadam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    mu_dtype: Any | None = None,
-    nu_dtype: Any | None = None,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
-    """NAdam: `adam(..., nesterov=True)` (Nesterov look-ahead on the first moment)."""
+    r"""NAdam: `adam(..., nesterov=True)` (Nesterov look-ahead on the first moment).
+
+    Args:
+        learning_rate: $\alpha$, a constant $\geq 0$ or a `count -> value` schedule.
+        b1: $\beta_1 \in [0, 1)$.
+        b2: $\beta_2 \in [0, 1)$.
+        eps: $\epsilon \geq 0$, outside the root.
+        eps_root: $\epsilon_{root} \geq 0$, inside the root.
+        mu_dtype: storage dtype of $m$; None keeps each parameter's dtype.
+        nu_dtype: storage dtype of $v$ (gradtx only).
+    """
     return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=True)
 
 
@@ -158,12 +215,12 @@ def adamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    mu_dtype: Any | None = None,
+    mu_dtype: DTypeLike | None = None,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: PyTree | Callable[[PyTree], PyTree] | None = None,
     *,
     nesterov: bool = False,
-    nu_dtype: Any | None = None,
+    nu_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""AdamW: Adam with decoupled weight decay.
 
@@ -171,6 +228,19 @@ def adamw(
 
     `chain(scale_by_adam(...), add_decayed_weights(weight_decay, mask),
     scale_by_learning_rate(lr))`.
+
+    Args:
+        learning_rate: $\alpha$, a constant $\geq 0$ or a `count -> value` schedule.
+        b1: $\beta_1 \in [0, 1)$.
+        b2: $\beta_2 \in [0, 1)$.
+        eps: $\epsilon \geq 0$, outside the root.
+        eps_root: $\epsilon_{root} \geq 0$, inside the root.
+        mu_dtype: storage dtype of $m$; None keeps each parameter's dtype.
+        weight_decay: $\lambda \geq 0$, or a schedule.
+        mask: which leaves to decay: a tree of bools like the params, or a function of the
+            params returning one (see `masked`); None decays every leaf.
+        nesterov: Nesterov's look-ahead on the first moment (NAdamW).
+        nu_dtype: storage dtype of $v$ (gradtx only).
     """
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
@@ -185,10 +255,18 @@ def amsgrad(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    mu_dtype: Any | None = None,
+    mu_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""AMSGrad: Adam with a never-decreasing second moment (see `scale_by_amsgrad`).
 
     `chain(scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype), scale_by_learning_rate(lr))`.
+
+    Args:
+        learning_rate: $\alpha$, a constant $\geq 0$ or a `count -> value` schedule.
+        b1: $\beta_1 \in [0, 1)$.
+        b2: $\beta_2 \in [0, 1)$.
+        eps: $\epsilon \geq 0$, outside the root.
+        eps_root: $\epsilon_{root} \geq 0$, inside the root.
+        mu_dtype: storage dtype of $m$; None keeps each parameter's dtype.
     """
     return chain(scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype), _lr("amsgrad", learning_rate))

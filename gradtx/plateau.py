@@ -141,9 +141,8 @@ def reduce_on_plateau(
     def update(updates, state, params=None, *, value: ArrayLike | None = None, **extra_args):
         del params, extra_args
         if value is None:
-            raise TypeError(
-                f"{fn}: update needs the monitored metric, e.g. "
-                "opt.update(grads, state, params, value=loss)"
+            raise checks.missing_argument(
+                fn, "the monitored metric value", "opt.update(grads, state, params, value=loss)"
             )
         if jnp.ndim(value) != 0:
             raise ValueError(f"{fn}: value must be a scalar, got shape {jnp.shape(value)}")

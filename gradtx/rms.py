@@ -2,10 +2,11 @@ r"""RMS scaling (IDEAS §5): divide each coordinate by the root of its mean squa
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 from jaxtyping import Array, Int
 
 from gradtx import checks, numerics
@@ -37,12 +38,57 @@ def _inverse_root(s: Array, eps: float, eps_in_sqrt: bool) -> Array:
     return 1 / (jnp.sqrt(s) + eps)
 
 
-def _check_rms_args(fn: str, decay, eps, initial_scale, eps_in_sqrt, bias_correction) -> None:
+def _rms_scaling(
+    fn: str,
+    centered: bool,
+    decay: float,
+    eps: float,
+    initial_scale: float,
+    eps_in_sqrt: bool,
+    bias_correction: bool,
+    accumulator_dtype: DTypeLike | None,
+) -> GradientTransformation:
+    """The one builder behind `scale_by_rms` (`centered=False`) and `scale_by_stddev`."""
     checks.check_decay(fn, "decay", decay)
     checks.check_non_negative(fn, "eps", eps)
     checks.check_non_negative(fn, "initial_scale", initial_scale)
     checks.check_bool(fn, "eps_in_sqrt", eps_in_sqrt)
     checks.check_bool(fn, "bias_correction", bias_correction)
+    dtype = checks.canonicalize_dtype(fn, "accumulator_dtype", accumulator_dtype)
+
+    def init(params):
+        nu = zeros_like_tree(params, dtype, fill=initial_scale)
+        if centered:
+            return ScaleByStddevState(numerics.zero_count(), zeros_like_tree(params, dtype), nu)
+        return ScaleByRmsState(numerics.zero_count(), nu)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        checks.check_tree_match(fn, updates, state.nu)
+        count = numerics.safe_increment(state.count)
+        nu = jax.tree.map(lambda s, g: moment_update(decay, s, g, order=2), state.nu, updates)
+        factor = debias_factor(decay, count) if bias_correction else None
+
+        def debiased(x):
+            return x if factor is None else numerics.scale_leaf(x, factor)
+
+        if not centered:
+
+            def scaled(g, s):
+                return numerics.scale_leaf(g, _inverse_root(debiased(s), eps, eps_in_sqrt))
+
+            return jax.tree.map(scaled, updates, nu), ScaleByRmsState(count, nu)
+
+        mu = jax.tree.map(lambda m, g: moment_update(decay, m, g), state.mu, updates)
+
+        def centred(g, m, s):
+            m, s = debiased(m), debiased(s)
+            variance = jnp.maximum(s - m * m, 0)
+            return numerics.scale_leaf(g, _inverse_root(variance, eps, eps_in_sqrt))
+
+        return jax.tree.map(centred, updates, mu, nu), ScaleByStddevState(count, mu, nu)
+
+    return GradientTransformation(init, update)
 
 
 @factory
@@ -52,7 +98,7 @@ def scale_by_rms(
     initial_scale: float = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
-    accumulator_dtype: Any | None = None,
+    accumulator_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""RMSprop's scaling: divide by the root of an EWA of squared updates.
 
@@ -81,28 +127,16 @@ def scale_by_rms(
     Raises:
         ValueError: for `decay` outside $[0, 1)$ or negative `eps`/`initial_scale`.
     """
-    _check_rms_args("scale_by_rms", decay, eps, initial_scale, eps_in_sqrt, bias_correction)
-    dtype = checks.canonicalize_dtype("scale_by_rms", "accumulator_dtype", accumulator_dtype)
-
-    def init(params):
-        return ScaleByRmsState(
-            numerics.zero_count(), zeros_like_tree(params, dtype, fill=initial_scale)
-        )
-
-    def update(updates, state, params=None, **extra_args):
-        del params, extra_args
-        checks.check_tree_match("scale_by_rms", updates, state.nu)
-        count = numerics.safe_increment(state.count)
-        nu = jax.tree.map(lambda s, g: moment_update(decay, s, g, order=2), state.nu, updates)
-        factor = debias_factor(decay, count) if bias_correction else None
-
-        def scaled(g, s):
-            s_hat = s if factor is None else numerics.scale_leaf(s, factor)
-            return numerics.scale_leaf(g, _inverse_root(s_hat, eps, eps_in_sqrt))
-
-        return jax.tree.map(scaled, updates, nu), ScaleByRmsState(count, nu)
-
-    return GradientTransformation(init, update)
+    return _rms_scaling(
+        "scale_by_rms",
+        False,
+        decay,
+        eps,
+        initial_scale,
+        eps_in_sqrt,
+        bias_correction,
+        accumulator_dtype,
+    )
 
 
 @factory
@@ -112,7 +146,7 @@ def scale_by_stddev(
     initial_scale: float = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
-    accumulator_dtype: Any | None = None,
+    accumulator_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""Centred RMS scaling: divide by an estimate of the standard deviation.
 
@@ -124,45 +158,37 @@ def scale_by_stddev(
     negative, which would give NaN with `eps_in_sqrt=False`. Emits $u_t$;
     stores $m_t$, $S_t$ and $t$.
 
-    Args: as `scale_by_rms`.
+    Args:
+        decay: $\beta$, the decay of both EWAs, in $[0, 1)$.
+        eps: $\epsilon \geq 0$, for numerical safety.
+        initial_scale: $S_0 \geq 0$ ($m_0 = 0$).
+        eps_in_sqrt: add $\epsilon$ inside the root (True) or outside it.
+        bias_correction: divide $m_t$ and $S_t$ by $1 - \beta^t$.
+        accumulator_dtype: storage dtype of $m$ and $S$; None keeps each parameter's dtype.
 
     Returns:
         A `GradientTransformation` with state `ScaleByStddevState(count, mu, nu)`.
+
+    Raises:
+        ValueError: for `decay` outside $[0, 1)$ or negative `eps`/`initial_scale`.
     """
-    _check_rms_args("scale_by_stddev", decay, eps, initial_scale, eps_in_sqrt, bias_correction)
-    dtype = checks.canonicalize_dtype("scale_by_stddev", "accumulator_dtype", accumulator_dtype)
-
-    def init(params):
-        return ScaleByStddevState(
-            numerics.zero_count(),
-            zeros_like_tree(params, dtype),
-            zeros_like_tree(params, dtype, fill=initial_scale),
-        )
-
-    def update(updates, state, params=None, **extra_args):
-        del params, extra_args
-        checks.check_tree_match("scale_by_stddev", updates, state.nu)
-        count = numerics.safe_increment(state.count)
-        mu = jax.tree.map(lambda m, g: moment_update(decay, m, g), state.mu, updates)
-        nu = jax.tree.map(lambda s, g: moment_update(decay, s, g, order=2), state.nu, updates)
-        factor = debias_factor(decay, count) if bias_correction else None
-
-        def scaled(g, m, s):
-            if factor is not None:
-                m, s = numerics.scale_leaf(m, factor), numerics.scale_leaf(s, factor)
-            variance = jnp.maximum(s - m * m, 0)
-            return numerics.scale_leaf(g, _inverse_root(variance, eps, eps_in_sqrt))
-
-        return jax.tree.map(scaled, updates, mu, nu), ScaleByStddevState(count, mu, nu)
-
-    return GradientTransformation(init, update)
+    return _rms_scaling(
+        "scale_by_stddev",
+        True,
+        decay,
+        eps,
+        initial_scale,
+        eps_in_sqrt,
+        bias_correction,
+        accumulator_dtype,
+    )
 
 
 @factory
 def scale_by_rss(
     initial_accumulator_value: float = 0.1,
     eps: float = 1e-7,
-    accumulator_dtype: Any | None = None,
+    accumulator_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""Adagrad's scaling: divide by the root of the sum of all squared updates so far.
 

@@ -32,8 +32,8 @@ def add_decayed_weights(
             to decay, e.g. to leave biases and norms alone; see `masked`.
 
     Raises:
-        ValueError: for a negative `weight_decay`, or (in `update`) when `params`
-            is not passed.
+        ValueError: for a negative `weight_decay`.
+        TypeError: in `update`, when `params` is not passed.
     """
     checks.check_scalar_or_schedule("add_decayed_weights", "weight_decay", weight_decay)
 
@@ -44,8 +44,8 @@ def add_decayed_weights(
     def update(updates, state, params=None, **extra_args):
         del extra_args
         if params is None:
-            raise ValueError(
-                "add_decayed_weights: update needs params (call opt.update(grads, state, params))"
+            raise checks.missing_argument(
+                "add_decayed_weights", "params", "opt.update(grads, state, params)"
             )
         checks.check_tree_match("add_decayed_weights", updates, params, "updates", "params")
         wd = numerics.evaluate(weight_decay, state.count)

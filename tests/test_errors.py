@@ -121,7 +121,7 @@ def test_state_from_another_optimiser_is_refused():
 
 def test_add_decayed_weights_needs_params():
     opt = gradtx.add_decayed_weights(1e-4)
-    with pytest.raises(ValueError, match=r"add_decayed_weights: update needs params"):
+    with pytest.raises(TypeError, match=r"add_decayed_weights: update needs params; pass it as"):
         opt.update(PARAMS, opt.init(PARAMS))
 
 
