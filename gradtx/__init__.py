@@ -5,6 +5,8 @@ Adam, learning-rate decay — is a small, pure `GradientTransformation`; the
 optimisers are short chains of them. Structurally compatible with optax.
 """
 
+from importlib import metadata as _metadata
+
 from gradtx import data, schedules, spec
 from gradtx.accumulation import AccumulateState, accumulate, has_updated
 from gradtx.adam import (
@@ -92,7 +94,10 @@ from gradtx.schedules import (
 )
 from gradtx.weight_decay import AddDecayedWeightsState, add_decayed_weights
 
-__version__ = "0.1.0"
+try:  # the one version source is pyproject.toml, read from the installed package's metadata
+    __version__ = _metadata.version("gradtx")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path without an install
+    __version__ = "0+unknown"
 
 __all__ = [
     "from_config",

@@ -14,13 +14,13 @@ from gradtx.ewa import debias_factor, zeros_like_tree
 
 
 class ScaleByAdamState(NamedTuple):
-    count: Int[Array, ""]  # steps taken
+    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken
     mu: PyTree  # first moment, in `mu_dtype`
     nu: PyTree  # second moment, in `nu_dtype`
 
 
 class ScaleByAmsgradState(NamedTuple):
-    count: Int[Array, ""]
+    count: Int[Array, ""]  # type: ignore[assignment]
     mu: PyTree
     nu: PyTree
     nu_max: PyTree  # running maximum of the debiased second moment
@@ -100,7 +100,7 @@ def scale_by_adam(
             x = g.astype(dtype)
             m_new = b1 * m.astype(dtype) + (1 - b1) * x
             v_new = b2 * v.astype(dtype) + (1 - b2) * (x * x)
-            if nesterov:
+            if c1_next is not None:  # Nesterov
                 m_hat = b1 * (m_new * c1_next.astype(dtype)) + (1 - b1) * (x * c1.astype(dtype))
             else:
                 m_hat = m_new * c1.astype(dtype)

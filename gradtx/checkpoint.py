@@ -82,8 +82,9 @@ def restore_state(template: OptState, restored: PyTree) -> OptState:
             (3,) in the restored state, (4,) in the optimiser's state`.
     """
     fn = "restore_state"
-    t_leaves, treedef = _tu.tree_flatten_with_path(template)
-    available = {}
+    t_leaves, treedef_ = _tu.tree_flatten_with_path(template)
+    treedef: Any = treedef_  # jaxlib ships no stubs for PyTreeDef
+    available: dict[tuple[str, ...], tuple[Any, Any]] = {}
     for path, leaf in _tu.tree_flatten_with_path(restored)[0]:
         available.setdefault(_normalised(path), (path, leaf))
     out = []

@@ -203,6 +203,11 @@ def missing_argument(fn: str, name: str, how: str) -> TypeError:
     return TypeError(f"{fn}: update needs {name}; pass it as {how}")
 
 
+def _same_structure(a: Any, b: Any) -> bool:
+    """Treedef equality (typed `Any`: jaxlib ships no stubs for PyTreeDef)."""
+    return a == b
+
+
 def check_tree_match(
     fn: str, updates: PyTree, reference: PyTree, what: str = "updates", ref_name: str = "state"
 ) -> None:
@@ -214,7 +219,7 @@ def check_tree_match(
     """
     u_leaves, u_def = jax.tree_util.tree_flatten_with_path(updates)
     r_leaves, r_def = jax.tree_util.tree_flatten_with_path(reference)
-    if u_def != r_def:
+    if not _same_structure(u_def, r_def):
         u_paths = [jax.tree_util.keystr(p) for p, _ in u_leaves]
         r_paths = [jax.tree_util.keystr(p) for p, _ in r_leaves]
         for up, rp in zip(u_paths, r_paths):

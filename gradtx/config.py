@@ -95,12 +95,13 @@ def to_config(obj: Any) -> dict[str, Any]:
         TypeError: naming the path of the first value that has no description (a user
             function or lambda, a foreign transformation, an arbitrary object).
     """
-    if spec_of(obj) is None:
+    spec = spec_of(obj)
+    if spec is None:
         raise TypeError(
             f"to_config: {describe(obj)} was not made by a gradtx factory, so it has no "
             "description; build it from gradtx's factories"
         )
-    return _encode(obj, spec_of(obj).name)
+    return _encode(obj, spec.name)
 
 
 def _encode(value: Any, where: str) -> Any:

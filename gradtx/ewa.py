@@ -14,12 +14,12 @@ from gradtx.base import GradientTransformation, PyTree, factory
 
 
 class EmaState(NamedTuple):
-    count: Int[Array, ""]  # steps taken, for `debias`
+    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken, for `debias`
     mean: PyTree  # same tree as params, in `accumulator_dtype`
 
 
 class BiasCorrectionState(NamedTuple):
-    count: Int[Array, ""]  # steps taken
+    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken
 
 
 def moment_update(decay: float, moment: Array, value: Array, order: int = 1) -> Array:
@@ -30,10 +30,10 @@ def moment_update(decay: float, moment: Array, value: Array, order: int = 1) -> 
     squares, and a bfloat16 moment meets a float32 `decay` under strict promotion.
     """
     dtype = numerics.compute_dtype(moment, value)
-    decay = numerics.as_compute(decay, dtype)
+    beta = numerics.as_compute(decay, dtype)
     x = value.astype(dtype)
-    new = decay * moment.astype(dtype) + (1 - decay) * (x if order == 1 else x * x)
-    return new.astype(moment.dtype)
+    new = beta * moment.astype(dtype) + (1 - beta) * (x if order == 1 else x * x)
+    return jnp.asarray(new).astype(moment.dtype)
 
 
 def debias_factor(decay: Any, count: Int[Array, ""]) -> Array:

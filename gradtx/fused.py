@@ -290,7 +290,7 @@ class _Plan(NamedTuple):
     attrs: dict
 
     def step(self, grads, state, params):
-        p_leaves, treedef = jax.tree.flatten(params)
+        p_leaves, treedef = numerics.flatten(params)
         head = state[0]
         columns = [p_leaves, treedef.flatten_up_to(grads)]
         columns += [treedef.flatten_up_to(getattr(head, f)) for f in self.kernel.moments]
@@ -345,8 +345,9 @@ def _plan(tx: Any) -> _Plan | None:
     if spec is None or spec.factory is not chain:
         return None
     pieces = tuple(spec.arguments["transforms"])
-    specs = [spec_of(p) for p in pieces]
-    if len(pieces) not in (2, 3) or any(s is None for s in specs):
+    found = [spec_of(p) for p in pieces]
+    specs = [s for s in found if s is not None]
+    if len(pieces) not in (2, 3) or len(specs) != len(pieces):
         return None
     head, *middle, last = specs
     if last.factory is not scale_by_learning_rate:
@@ -376,7 +377,7 @@ def _why_not_native(tx, grads, state, params) -> str | None:
         return f"{tx!r} is not one of adam, adamw, sgd with momentum, rmsprop"
     if not (isinstance(state, tuple) and len(state) == len(plan.pieces)):
         return "the state was not built by this optimiser's init"
-    p_leaves, treedef = jax.tree.flatten(params)
+    p_leaves, treedef = numerics.flatten(params)
     try:
         others = [treedef.flatten_up_to(grads)]
         others += [treedef.flatten_up_to(getattr(state[0], f)) for f in plan.kernel.moments]

@@ -115,7 +115,8 @@ def group(tree: PyTree) -> Grouped:
     """
     leaves, treedef = jax.tree.flatten(tree)
     dtypes: list[str] = []
-    slots, parts = [], []
+    slots: list[Any] = []
+    parts: list[Any] = []
     for path, leaf in zip(jax.tree_util.tree_flatten_with_path(tree)[0], leaves):
         try:
             array = jnp.asarray(leaf)

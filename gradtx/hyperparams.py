@@ -37,7 +37,7 @@ from gradtx.spec import Recorded, Spec, _bind, describe, is_transformation
 
 
 class InjectHyperparamsState(NamedTuple):
-    count: Int[Array, ""]  # steps taken; schedules are evaluated at this count
+    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken; schedules are evaluated at this count
     hyperparams: dict[str, Array]  # name -> value used by the last step (scalars, fixed dtypes)
     inner_state: PyTree  # the inner optimiser's state
 
@@ -216,7 +216,11 @@ _SIGNATURE = inspect.signature(inject_hyperparams)
 def _is_node(x: Any) -> bool:
     """A state NamedTuple with a `hyperparams` dict (gradtx's or optax's injected state)."""
     fields = getattr(x, "_fields", ())
-    return isinstance(x, tuple) and "hyperparams" in fields and isinstance(x.hyperparams, dict)
+    return (
+        isinstance(x, tuple)
+        and "hyperparams" in fields
+        and isinstance(getattr(x, "hyperparams", None), dict)
+    )
 
 
 def _hyperparam_nodes(state: PyTree) -> list[tuple[str, dict]]:

@@ -24,7 +24,7 @@ from gradtx.clipping import global_norm
 
 
 class MonitorNormsState(NamedTuple):
-    count: Int[Array, ""]  # steps seen
+    count: Int[Array, ""]  # type: ignore[assignment]  # steps seen
     grad_norm: Float[Array, ""]  # ||g_t||, the incoming updates
     update_norm: Float[Array, ""]  # ||u_t||, the updates emitted
     param_norm: Float[Array, ""]  # ||theta_t||, NaN when update gets no params

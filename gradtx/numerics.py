@@ -67,13 +67,18 @@ def scale_leaf(u: ArrayLike, s: ArrayLike) -> jax.Array:
     return (u.astype(dtype) * jnp.asarray(s).astype(dtype)).astype(u.dtype)
 
 
+def flatten(tree: PyTree) -> tuple[list[Any], Any]:
+    """`jax.tree.flatten(tree)`, its treedef typed `Any` (jaxlib ships no stubs for it)."""
+    return jax.tree.flatten(tree)
+
+
 def tree_map_multi(fn: Callable[..., tuple], num_outputs: int, tree: PyTree, *rest: PyTree):
     """Maps `fn` over leaves and returns `num_outputs` trees, one per output of `fn`.
 
     Lets a fused update compute the emitted update and the new moments of a
     leaf in one function, as the math reads, instead of one tree walk each.
     """
-    leaves, treedef = jax.tree.flatten(tree)
+    leaves, treedef = flatten(tree)
     rest_leaves = [treedef.flatten_up_to(r) for r in rest]
     outs = [fn(*xs) for xs in zip(leaves, *rest_leaves)]
     columns = list(zip(*outs)) if outs else [()] * num_outputs

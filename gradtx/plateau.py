@@ -32,7 +32,7 @@ class ReduceOnPlateauState(NamedTuple):
     best_value: Float[Array, ""]  # best (accumulated) metric so far
     plateau_count: Int[Array, ""]  # decisions in a row without improvement
     cooldown_count: Int[Array, ""]  # decisions left before counting plateaus again
-    count: Int[Array, ""]  # values accumulated towards the next decision
+    count: Int[Array, ""]  # type: ignore[assignment]  # values accumulated towards the next decision
     avg_value: Float[Array, ""]  # mean of those values
 
 

@@ -15,12 +15,12 @@ from gradtx.ewa import debias_factor, moment_update, zeros_like_tree
 
 
 class ScaleByRmsState(NamedTuple):
-    count: Int[Array, ""]  # steps taken, for `bias_correction`
+    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken, for `bias_correction`
     nu: PyTree  # EWA of squared updates
 
 
 class ScaleByStddevState(NamedTuple):
-    count: Int[Array, ""]  # steps taken, for `bias_correction`
+    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken, for `bias_correction`
     mu: PyTree  # EWA of updates
     nu: PyTree  # EWA of squared updates
 
@@ -32,10 +32,10 @@ class ScaleByRssState(NamedTuple):
 def _inverse_root(s: Array, eps: float, eps_in_sqrt: bool) -> Array:
     r"""$1/\sqrt{s + \epsilon}$ or $1/(\sqrt{s} + \epsilon)$, in float32 or wider."""
     dtype = numerics.compute_dtype(s)
-    s, eps = s.astype(dtype), numerics.as_compute(eps, dtype)
+    s, e = s.astype(dtype), numerics.as_compute(eps, dtype)
     if eps_in_sqrt:
-        return jax.lax.rsqrt(s + eps)
-    return 1 / (jnp.sqrt(s) + eps)
+        return jax.lax.rsqrt(s + e)
+    return 1 / (jnp.sqrt(s) + e)
 
 
 def _rms_scaling(

@@ -12,7 +12,7 @@ from gradtx.base import EmptyState, GradientTransformation, ScalarOrSchedule, Sc
 
 
 class ScaleByScheduleState(NamedTuple):
-    count: Int[Array, ""]  # steps taken; the schedule is evaluated at this count
+    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken; the schedule is evaluated at this count
 
 
 @factory

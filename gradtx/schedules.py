@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from gradtx.checks import check_bool, check_int, check_range, is_concrete
+from gradtx.checks import as_float, check_bool, check_int, check_range
 from gradtx.spec import recorded
 from gradtx.typing import Schedule
 
@@ -163,7 +163,7 @@ def exponential_decay(
     check_bool(fn, "staircase", staircase)
     if end_value is not None:
         _check_finite(fn, "end_value", end_value)
-    elif is_concrete(decay_rate) and decay_rate > 1:
+    elif (rate := as_float(fn, "decay_rate", decay_rate)) is not None and rate > 1:
         raise ValueError(
             f"{fn}: decay_rate > 1 grows without bound, got {decay_rate!r}; pass end_value "
             "as the upper bound"

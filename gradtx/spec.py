@@ -272,8 +272,8 @@ def describe(value: Any) -> str:
         items = ", ".join(f"{k!r}: {describe(v)}" for k, v in value.items())
         return f"{{{items}}}"
     if type(value) in (list, tuple):
-        items = [describe(v) for v in value]
+        parts = [describe(v) for v in value]
         if type(value) is tuple:
-            return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
-        return f"[{', '.join(items)}]"
+            return f"({parts[0]},)" if len(parts) == 1 else f"({', '.join(parts)})"
+        return f"[{', '.join(parts)}]"
     return repr(value)

@@ -13,7 +13,7 @@ from gradtx.base import GradientTransformation, PyTree, ScalarOrSchedule, factor
 
 
 class AddDecayedWeightsState(NamedTuple):
-    count: Int[Array, ""]  # steps taken, for a scheduled `weight_decay`
+    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken, for a scheduled `weight_decay`
 
 
 @factory
