@@ -17,9 +17,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
+from jax import Array, lax
 from jax.typing import DTypeLike
-from jaxtyping import Array, Bool, Int
 
 from gradtx.base import (
     GradientTransformation,
@@ -46,8 +45,8 @@ class AccumulateState(NamedTuple):
             params, in the accumulator dtype).
     """
 
-    mini_step: Int[Array, ""]
-    gradient_step: Int[Array, ""]
+    mini_step: Array
+    gradient_step: Array
     inner_state: OptState
     acc_grads: Updates
 
@@ -140,7 +139,7 @@ def accumulate(
     return GradientTransformation(init, update)
 
 
-def has_updated(state: AccumulateState) -> Bool[Array, ""]:
+def has_updated(state: AccumulateState) -> Array:
     """True right after an inner step: the last `update` emitted a real (non-zero) update.
 
     Args:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+from jax import Array
 from jax.typing import DTypeLike
-from jaxtyping import Array, Int
 
 from gradtx import checks, numerics
 from gradtx.base import GradientTransformation, PyTree, factory
@@ -14,13 +14,13 @@ from gradtx.ewa import debias_factor, zeros_like_tree
 
 
 class ScaleByAdamState(NamedTuple):
-    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken
+    count: Array  # type: ignore[assignment]  # steps taken
     mu: PyTree  # first moment, in `mu_dtype`
     nu: PyTree  # second moment, in `nu_dtype`
 
 
 class ScaleByAmsgradState(NamedTuple):
-    count: Int[Array, ""]  # type: ignore[assignment]
+    count: Array  # type: ignore[assignment]
     mu: PyTree
     nu: PyTree
     nu_max: PyTree  # running maximum of the debiased second moment

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jax import Array
 
 from gradtx import base, checks, numerics
 from gradtx.base import GradientTransformation, PyTree
 
 
-def global_norm(tree: PyTree) -> Float[Array, ""]:
+def global_norm(tree: PyTree) -> Array:
     r"""$\lVert g \rVert = \sqrt{\sum_i g_i^2}$ over every leaf, accumulated in float32 or wider.
 
     Args:

@@ -6,20 +6,20 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import Array
 from jax.typing import DTypeLike
-from jaxtyping import Array, Int
 
 from gradtx import checks, numerics
 from gradtx.base import GradientTransformation, PyTree, factory
 
 
 class EmaState(NamedTuple):
-    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken, for `debias`
+    count: Array  # type: ignore[assignment]  # steps taken, for `debias`
     mean: PyTree  # same tree as params, in `accumulator_dtype`
 
 
 class BiasCorrectionState(NamedTuple):
-    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken
+    count: Array  # type: ignore[assignment]  # steps taken
 
 
 def moment_update(decay: float, moment: Array, value: Array, order: int = 1) -> Array:
@@ -36,7 +36,7 @@ def moment_update(decay: float, moment: Array, value: Array, order: int = 1) -> 
     return jnp.asarray(new).astype(moment.dtype)
 
 
-def debias_factor(decay: Any, count: Int[Array, ""]) -> Array:
+def debias_factor(decay: Any, count: Array) -> Array:
     r"""$1 / (1 - \beta^t)$ as a float32 scalar, for $t \geq 1$."""
     return 1 / (1 - jnp.asarray(decay, jnp.float32) ** count.astype(jnp.float32))
 

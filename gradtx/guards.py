@@ -12,16 +12,16 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Int
+from jax import Array
 
 from gradtx import base, numerics
 from gradtx.base import GradientTransformation, PyTree, factory
 
 
 class ApplyIfFiniteState(NamedTuple):
-    notfinite_count: Int[Array, ""]  # non-finite steps in a row
-    last_finite: Bool[Array, ""]  # whether the last step was finite
-    total_notfinite: Int[Array, ""]  # non-finite steps in all
+    notfinite_count: Array  # non-finite steps in a row
+    last_finite: Array  # whether the last step was finite
+    total_notfinite: Array  # non-finite steps in all
     inner_state: PyTree  # the inner optimiser's state, as of the last applied step
 
 
@@ -29,7 +29,7 @@ class ZeroNansState(NamedTuple):
     found_nan: PyTree  # per leaf: whether the last updates had a NaN there
 
 
-def all_finite(tree: PyTree) -> Bool[Array, ""]:
+def all_finite(tree: PyTree) -> Array:
     """True when no leaf of `tree` holds a NaN or an Inf (True for an empty tree).
 
     Args:

@@ -28,8 +28,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import DTypeLike
-from jaxtyping import Array, ArrayLike, Int
+from jax import Array
+from jax.typing import ArrayLike, DTypeLike
 
 from gradtx import base, checks, numerics
 from gradtx.base import GradientTransformation, PyTree
@@ -37,7 +37,7 @@ from gradtx.spec import Recorded, Spec, _bind, describe, is_transformation
 
 
 class InjectHyperparamsState(NamedTuple):
-    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken; schedules are evaluated at this count
+    count: Array  # type: ignore[assignment]  # steps taken; schedules are evaluated at this count
     hyperparams: dict[str, Array]  # name -> value used by the last step (scalars, fixed dtypes)
     inner_state: PyTree  # the inner optimiser's state
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jax import Array
 
 from gradtx import base, numerics
 from gradtx.base import GradientTransformation, PyTree, factory
@@ -24,12 +24,12 @@ from gradtx.clipping import global_norm
 
 
 class MonitorNormsState(NamedTuple):
-    count: Int[Array, ""]  # type: ignore[assignment]  # steps seen
-    grad_norm: Float[Array, ""]  # ||g_t||, the incoming updates
-    update_norm: Float[Array, ""]  # ||u_t||, the updates emitted
-    param_norm: Float[Array, ""]  # ||theta_t||, NaN when update gets no params
-    grad_param_ratio: Float[Array, ""]  # ||g_t|| / ||theta_t||
-    update_param_ratio: Float[Array, ""]  # ||u_t|| / ||theta_t||
+    count: Array  # type: ignore[assignment]  # steps seen
+    grad_norm: Array  # ||g_t||, the incoming updates
+    update_norm: Array  # ||u_t||, the updates emitted
+    param_norm: Array  # ||theta_t||, NaN when update gets no params
+    grad_param_ratio: Array  # ||g_t|| / ||theta_t||
+    update_param_ratio: Array  # ||u_t|| / ||theta_t||
     inner_state: PyTree  # the inner transformation's state
 
 

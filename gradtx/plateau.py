@@ -21,19 +21,20 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, Int
+from jax import Array
+from jax.typing import ArrayLike
 
 from gradtx import checks, numerics
 from gradtx.base import GradientTransformation, factory
 
 
 class ReduceOnPlateauState(NamedTuple):
-    scale: Float[Array, ""]  # s, the factor applied to the updates
-    best_value: Float[Array, ""]  # best (accumulated) metric so far
-    plateau_count: Int[Array, ""]  # decisions in a row without improvement
-    cooldown_count: Int[Array, ""]  # decisions left before counting plateaus again
-    count: Int[Array, ""]  # type: ignore[assignment]  # values accumulated towards the next decision
-    avg_value: Float[Array, ""]  # mean of those values
+    scale: Array  # s, the factor applied to the updates
+    best_value: Array  # best (accumulated) metric so far
+    plateau_count: Array  # decisions in a row without improvement
+    cooldown_count: Array  # decisions left before counting plateaus again
+    count: Array  # type: ignore[assignment]  # values accumulated towards the next decision
+    avg_value: Array  # mean of those values
 
 
 @factory

@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import Array
 from jax.typing import DTypeLike
-from jaxtyping import Array, Int
 
 from gradtx import checks, numerics
 from gradtx.base import GradientTransformation, PyTree, factory
@@ -15,12 +15,12 @@ from gradtx.ewa import debias_factor, moment_update, zeros_like_tree
 
 
 class ScaleByRmsState(NamedTuple):
-    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken, for `bias_correction`
+    count: Array  # type: ignore[assignment]  # steps taken, for `bias_correction`
     nu: PyTree  # EWA of squared updates
 
 
 class ScaleByStddevState(NamedTuple):
-    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken, for `bias_correction`
+    count: Array  # type: ignore[assignment]  # steps taken, for `bias_correction`
     mu: PyTree  # EWA of updates
     nu: PyTree  # EWA of squared updates
 

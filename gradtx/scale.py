@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-from jaxtyping import Array, Int
+from jax import Array
 
 from gradtx import checks, numerics
 from gradtx.base import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule, factory
 
 
 class ScaleByScheduleState(NamedTuple):
-    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken; the schedule is evaluated at this count
+    count: Array  # type: ignore[assignment]  # steps taken; the schedule is evaluated at this count
 
 
 @factory

@@ -28,14 +28,15 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, Int
+from jax import Array
+from jax.typing import ArrayLike
 
 from gradtx.checks import as_float, check_bool, check_int, check_range
 from gradtx.spec import recorded
 from gradtx.typing import Schedule
 
-Count = Int[ArrayLike, "..."]
-Weight = Callable[[Float[Array, "..."]], Float[Array, "..."]]
+Count = ArrayLike
+Weight = Callable[[Array], Array]
 
 # ----------------------------------------------------------------------------
 # Shared work: checks, epochs, and annealing from one value to another.

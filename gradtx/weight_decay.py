@@ -6,14 +6,14 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-from jaxtyping import Array, Int
+from jax import Array
 
 from gradtx import checks, numerics
 from gradtx.base import GradientTransformation, PyTree, ScalarOrSchedule, factory
 
 
 class AddDecayedWeightsState(NamedTuple):
-    count: Int[Array, ""]  # type: ignore[assignment]  # steps taken, for a scheduled `weight_decay`
+    count: Array  # type: ignore[assignment]  # steps taken, for a scheduled `weight_decay`
 
 
 @factory
