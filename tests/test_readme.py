@@ -19,7 +19,7 @@ def marked_blocks() -> list[str]:
 
 def test_readme_examples_run_and_print_what_they_say(tmp_path):
     blocks = marked_blocks()
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     namespace: dict = {}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -33,6 +33,11 @@ def test_readme_examples_run_and_print_what_they_say(tmp_path):
     assert printed[2] == "1"  # the NaN step was skipped and counted
     assert printed[3] == printed[0]
     assert np.isclose(float(printed[4]), 8.5)
+    assert printed[5] == (
+        "chain(clip_by_global_norm(1.0), chain(scale_by_adam(b1=0.9, b2=0.999, eps=1e-08), "
+        "add_decayed_weights(weight_decay=0.05), scale_by_learning_rate("
+        "warmup_cosine_decay_schedule(0.0, 0.0003, 100, 10000, exponent=1.0))))"
+    )
 
 
 def test_readme_ten_lines_train(tmp_path):
