@@ -18,19 +18,24 @@ gradient::
 
 from __future__ import annotations
 
+import json
 import math
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, PRNGKeyArray
 
 from gradtx.base import PyTree
 from gradtx.data import (
+    EpochPlan,
     Permutation,
     _as_int,
     _check_bool,
@@ -72,7 +77,7 @@ def _axis_size(fn: str, mesh: Mesh, axis: Axis) -> int:
         if name not in mesh.shape:
             raise ValueError(
                 f"{fn}: axis {name!r} is not an axis of the mesh; its axes are "
-                f"{tuple(mesh.axis_names)}"
+                f"{tuple(mesh.axis_names)}: pass one of them (or a tuple of them) as axis"
             )
     return math.prod(mesh.shape[name] for name in names)
 
@@ -185,13 +190,26 @@ def process_rows(
     Returns:
         A sorted int array of $B/P$ row positions within the global batch.
     """
-    fn = "process_rows"
+    return _process_rows(
+        "process_rows", global_batch_size, mesh, axis, process_index, device_process
+    )
+
+
+def _process_rows(
+    fn: str,
+    global_batch_size: Any,
+    mesh: Mesh,
+    axis: Axis,
+    process_index: int | None = None,
+    device_process: Callable[[Any], int] | None = None,
+) -> np.ndarray:
     b = _as_int(fn, "global_batch_size", global_batch_size, 1)
     size = _axis_size(fn, mesh, axis)
     if b % size:
+        near = sorted({max(size, b - b % size), b - b % size + size})
         raise ValueError(
             f"{fn}: global batch size {b} does not divide over the {size} devices of mesh axis "
-            f"{axis!r}; use a multiple of {size}"
+            f"{axis!r}; use a multiple of {size} (e.g. {' or '.join(map(str, near))})"
         )
     if process_index is None:
         p = jax.process_index()
@@ -207,7 +225,10 @@ def process_rows(
         }
     )
     if not spans:
-        raise ValueError(f"{fn}: process {p} owns no device of the mesh")
+        raise ValueError(
+            f"{fn}: process {p} owns no device of the mesh; build the mesh from every "
+            f"process's devices, e.g. jax.make_mesh((jax.device_count(),), ('data',))"
+        )
     return np.concatenate([np.arange(lo, hi) for lo, hi in spans])
 
 
@@ -231,41 +252,65 @@ def process_batches(
     and the global batch is assembled with `jax.make_array_from_process_local_data`, split over
     `axis` of `mesh`. In a single process this is `shard(next(batches(...)), mesh)`.
 
+    The plan and `start_step` count global batches, so the data position of a run is
+    `(epoch, step)` and the key, whatever the number of processes: a checkpoint written by $P$
+    processes resumes with any other number and reads exactly the remaining batches.
+
+    With several processes, the arguments are checked on every process and then compared
+    across processes (one small `multihost_utils.process_allgather`, at the call): when one
+    process rejects its arguments, or the processes disagree on anything that fixes the global
+    batches (the number of examples, the leaves' shapes and dtypes, the batch size, the key,
+    `start_step`, the mesh, the plan drawn), every process raises, naming each process's value,
+    instead of the others waiting for it in the training step's first collective. So every
+    process must call `process_batches` at the same point, as for any collective.
+
     Call `jax.distributed.initialize(...)` first on every process (see the README).
 
     Args:
         key, drop_remainder, with_mask, start_step, permutation: as in `batches`; a partial
             last batch needs `with_mask=True` (padded, static shape) or
             `drop_remainder=True`.
-        data: a pytree of host arrays sharing a leading axis of $m$ examples.
+        data: a pytree of host arrays sharing a leading axis of $m$ examples: the whole
+            dataset, the same on every process.
         global_batch_size: $B$, summed over all processes; a multiple of the devices on `axis`.
         mesh: the global mesh.
         axis: the mesh axis (or axes) the batch is split over.
 
     Returns:
         An iterator over global batches (`jax.Array`s sharded over `axis`), or `(batch, mask)`.
+
+    Raises:
+        ValueError, TypeError: on every process, for a bad argument on any process or a
+            disagreement between processes.
     """
     fn = "process_batches"
-    n = _dataset_size(fn, data)
-    n, b = _check_sizes(fn, n, global_batch_size)
-    _check_bool(fn, "drop_remainder", drop_remainder)
-    _check_bool(fn, "with_mask", with_mask)
-    _check_key(fn, key)
-    if not with_mask and not drop_remainder and n % b:
-        raise ValueError(
-            f"{fn}: {n} examples do not split into global batches of {b} (the last batch has "
-            f"{n % b}); pass with_mask=True (padded, static shape) or drop_remainder=True"
-        )
-    rows = process_rows(b, mesh, axis)
-    t_total = n // b if drop_remainder else -(-n // b)
-    start = _as_int(fn, "start_step", start_step, 0)
-    if start > t_total:
-        raise ValueError(
-            f"{fn}: start_step must be in [0, {t_total}] (the epoch has {t_total} batches), "
-            f"got {start}"
-        )
-    _check_permutation(fn, permutation)
-    plan = _plan_jit(key, n, b, drop_remainder, permutation)
+    try:
+        n = _dataset_size(fn, data)
+        n, b = _check_sizes(fn, n, global_batch_size)
+        _check_bool(fn, "drop_remainder", drop_remainder)
+        _check_bool(fn, "with_mask", with_mask)
+        _check_key(fn, key)
+        if not with_mask and not drop_remainder and n % b:
+            raise ValueError(
+                f"{fn}: {n} examples do not split into global batches of {b} (the last batch "
+                f"has {n % b}); pass with_mask=True (padded, static shape) or "
+                f"drop_remainder=True"
+            )
+        rows = _process_rows(fn, b, mesh, axis)
+        t_total = n // b if drop_remainder else -(-n // b)
+        start = _as_int(fn, "start_step", start_step, 0)
+        if start > t_total:
+            raise ValueError(
+                f"{fn}: start_step must be in [0, {t_total}] (the epoch has {t_total} batches), "
+                f"got {start}"
+            )
+        _check_permutation(fn, permutation)
+        plan = _plan_jit(key, n, b, drop_remainder, permutation)
+        facts = _batch_facts(data, n, b, key, start, drop_remainder, with_mask, mesh, axis, plan)
+    except Exception as error:
+        _agree(fn, error, {})
+        raise
+    _agree(fn, None, facts)
     local_indices = np.asarray(plan.indices)[:, rows]
     local_mask = np.asarray(plan.mask)[:, rows]
     sharding = NamedSharding(mesh, P(axis))
@@ -291,3 +336,166 @@ def process_batches(
                 yield batch
 
     return generate()
+
+
+# ----------------------------------------------------------------------------
+# The same arguments on every process.
+
+# What each process tells the others: a JSON report, zero-padded to a fixed size (one compiled
+# gather for every call).
+_REPORT_BYTES = 8192
+
+# The facts every process of `process_batches` must agree on, in the order they are compared:
+# what each one is, and how to make the processes agree.
+_FACTS = {
+    "num_examples": (
+        "the number of examples in data",
+        "every process passes the whole dataset, the same rows in the same order (each reads "
+        "its own rows of every global batch from it), e.g. the same file on every host",
+    ),
+    "leaves": (
+        "the leaves of data (key path, shape after the example axis, dtype)",
+        "pass data with the same structure, shapes and dtypes on every process",
+    ),
+    "global_batch_size": (
+        "global_batch_size",
+        "pass the same global_batch_size on every process: it counts the rows of all "
+        "processes together, not one process's share",
+    ),
+    "key": (
+        "key",
+        "pass the same key on every process, e.g. jax.random.fold_in(jax.random.key(seed), "
+        "epoch); a key that depends on jax.process_index() gives each process another epoch plan",
+    ),
+    "start_step": (
+        "start_step",
+        "resume every process from the same checkpointed (epoch, step)",
+    ),
+    "drop_remainder": ("drop_remainder", "pass the same drop_remainder on every process"),
+    "with_mask": ("with_mask", "pass the same with_mask on every process"),
+    "mesh": (
+        "the mesh (axis names, shape, device order)",
+        "build the same global mesh on every process, e.g. "
+        "jax.make_mesh((jax.device_count(),), ('data',))",
+    ),
+    "axis": ("axis", "pass the same axis on every process"),
+    "plan": (
+        "the epoch plan drawn from the same key and sizes",
+        "pass the same permutation on every process",
+    ),
+}
+
+
+def _batch_facts(
+    data: PyTree,
+    n: int,
+    b: int,
+    key: PRNGKeyArray,
+    start: int,
+    drop_remainder: bool,
+    with_mask: bool,
+    mesh: Mesh,
+    axis: Axis,
+    plan: EpochPlan,
+) -> dict[str, Any]:
+    """What fixes the global batches of `process_batches`, as JSON values (`_FACTS`)."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key_words = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    else:
+        key_words = np.asarray(key).ravel().tolist()
+    leaves = [
+        [jax.tree_util.keystr(path), list(np.shape(leaf)[1:]), str(np.result_type(leaf))]
+        for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]
+    ]
+    device_ids = np.asarray([d.id for d in mesh.devices.flat], np.int64)
+    plan_bytes = np.asarray(plan.indices).tobytes() + np.asarray(plan.mask).tobytes()
+    return {
+        "num_examples": n,
+        "leaves": leaves,
+        "global_batch_size": b,
+        "key": key_words,
+        "start_step": start,
+        "drop_remainder": drop_remainder,
+        "with_mask": with_mask,
+        "mesh": [
+            list(mesh.axis_names),
+            list(mesh.devices.shape),
+            f"device ids crc32 {zlib.crc32(device_ids.tobytes()):08x}",
+        ],
+        "axis": list(_axis_names(axis)),
+        "plan": f"crc32 {zlib.crc32(plan_bytes):08x}",
+    }
+
+
+def _encode_report(error: BaseException | None, facts: dict[str, Any]) -> np.ndarray:
+    report: dict[str, Any] = {
+        "error": None if error is None else [type(error).__name__, str(error)],
+        "facts": facts,
+    }
+    text = json.dumps(report).encode()
+    if len(text) > _REPORT_BYTES and "leaves" in facts:  # many leaves: compare a checksum
+        leaves = json.dumps(facts["leaves"]).encode()
+        report["facts"] = {**facts, "leaves": f"crc32 {zlib.crc32(leaves):08x}"}
+        text = json.dumps(report).encode()
+    while len(text) > _REPORT_BYTES and report["error"]:  # a long message: keep its start
+        kind, message = report["error"]
+        report["error"] = [kind, message[: len(message) // 2] + " ..."]
+        text = json.dumps(report).encode()
+    buffer = np.zeros((_REPORT_BYTES,), np.uint8)
+    buffer[: len(text)] = np.frombuffer(text, np.uint8)
+    return buffer
+
+
+def _decode_report(buffer: np.ndarray) -> dict[str, Any]:
+    return json.loads(bytes(np.asarray(buffer, np.uint8)).rstrip(b"\0").decode())
+
+
+def _by_value(values: Sequence[Any]) -> str:
+    """`88 on processes 0, 2; 80 on process 1`: each distinct value and who has it."""
+    groups: dict[str, list[int]] = {}
+    for p, value in enumerate(values):
+        groups.setdefault(json.dumps(value), []).append(p)
+    return "; ".join(
+        f"{value} on process{'es' if len(ps) > 1 else ''} {', '.join(map(str, ps))}"
+        for value, ps in groups.items()
+    )
+
+
+def _disagreement(fn: str, reports: Sequence[dict[str, Any]]) -> str | None:
+    """Why the processes cannot go on together, from every process's report; None if they can.
+
+    A process that rejected its arguments comes first (its error is quoted); otherwise the first
+    fact of `_FACTS` on which the processes differ, with every value and the fix.
+    """
+    count = len(reports)
+    failed = [(p, r["error"]) for p, r in enumerate(reports) if r["error"] is not None]
+    if failed:
+        quoted = "; ".join(f"process {p}: {kind}: {message}" for p, (kind, message) in failed)
+        return (
+            f"{fn}: {len(failed)} of {count} processes rejected their arguments, so every "
+            f"process stops here rather than wait for them in a collective. {quoted}"
+        )
+    for name, (what, fix) in _FACTS.items():
+        values = [r["facts"].get(name) for r in reports]
+        if any(v != values[0] for v in values[1:]):
+            return f"{fn}: the {count} processes disagree on {what}: {_by_value(values)}; {fix}"
+    return None
+
+
+def _agree(fn: str, error: BaseException | None, facts: dict[str, Any]) -> None:
+    """Makes the processes fail together: when any process failed its checks (`error`) or they
+    disagree on `facts`, every one of them raises.
+
+    A check that fails on one process only (its own data or arguments) would leave the others
+    waiting for it in the next collective until the distributed runtime gives up. So every
+    process sends the others its error, if any, and its facts (one `process_allgather` of a
+    fixed-size report). A process that failed returns, to re-raise its own error; the others
+    raise a `ValueError` that says which process failed and why, or which facts differ. Nothing
+    is sent in a single process.
+    """
+    if jax.process_count() == 1:
+        return
+    gathered = multihost_utils.process_allgather(_encode_report(error, facts))
+    message = _disagreement(fn, [_decode_report(row) for row in gathered])
+    if error is None and message is not None:
+        raise ValueError(message)
