@@ -1,14 +1,13 @@
-r"""Mini-batches drawn with `jax.random`: epoch plans, batches, on-device epochs, sharding.
+r"""Mini-batches drawn with `jax.random`: epoch plans and batches.
 
 IDEAS §1 as code. One **epoch** is one pass over the $m$ examples of a dataset, split into
 $T = \lceil m / B \rceil$ mini-batches $X^{\{1\}}, \dots, X^{\{T\}}$ of size $B$; each training
 step sees one of them and reports its own, noisy, cost $J^{\{t\}}$.
 
 * The order is a permutation $\pi_e$ of $\{0, \dots, m-1\}$ drawn with
-  `jax.random.permutation(jax.random.fold_in(key, e), m)`: the same key gives the same
-  batches, and a run resumed at (epoch $e$, step $t$) sees exactly the batches an uninterrupted
-  run would have seen. `feistel_permutation` is a cheaper shuffle (one single-operand sort),
-  worth it on CPUs with small models: pass `permutation=feistel_permutation`.
+  `jax.random.permutation(jax.random.fold_in(key, e), m)` (or another shuffle, see
+  `gradtx.shuffle`): the same key gives the same batches, and a run resumed at (epoch $e$, step
+  $t$) sees exactly the batches an uninterrupted run would have seen.
 * Batch $t$ holds the examples $\pi_e(tB), \dots, \pi_e(tB + B - 1)$. When $B \nmid m$ the last
   batch is partial: it is either padded to $B$ rows with a boolean mask marking the $m \bmod B$
   real ones (so shapes stay static for `jit` and `lax.scan`), or dropped when asked
@@ -17,18 +16,15 @@ step sees one of them and reports its own, noisy, cost $J^{\{t\}}$.
 * Data is any pytree of arrays sharing a leading example axis, e.g. `{"x": X, "y": Y}`. Batches
   are gathered on the device from the device-resident dataset (no host copy per batch).
 
-The pieces, from the inside out: `epoch_indices` (the plan), `batches` (a Python iterator),
-`scan_epoch` (a whole epoch as one compiled `lax.scan`), `shard` / `replicate` /
-`shard_state` (data parallelism on a `jax.sharding.Mesh`, ZeRO-1 optimizer-state sharding) and
-`process_rows` / `process_batches` (multi-host input with JAX's own distributed runtime).
+The pieces here: `epoch_indices` (the plan), `batches` (a Python iterator) and `masked_mean`
+(the loss of a padded batch). Built on them, and re-exported here so that every
+`gradtx.data.<name>` works:
 
-A data-parallel step needs no special code: put the parameters on every device, split the batch
-over the data axis, and `jax.jit` inserts the all-reduce of the gradient::
-
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    params, opt_state = replicate((params, opt_state), mesh)
-    for batch in batches(jax.random.fold_in(key, epoch), data, batch_size=128):
-        params, opt_state, loss = train_step(params, opt_state, shard(batch, mesh))
+* `gradtx.shuffle`: `feistel_permutation`, a cheaper shuffle;
+* `gradtx.scan`: `scan_epoch`, a whole epoch as one compiled `lax.scan`;
+* `gradtx.sharding`: `shard` / `replicate` / `shard_state` (data parallelism on a
+  `jax.sharding.Mesh`, ZeRO-1 optimizer-state sharding) and `process_rows` /
+  `process_batches` (multi-host input with JAX's own distributed runtime).
 """
 
 from __future__ import annotations
@@ -36,18 +32,13 @@ from __future__ import annotations
 import functools
 import math
 import operator
-import types
-import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from gradtx.base import PyTree
@@ -72,7 +63,6 @@ __all__ = [
     "state_sharding",
 ]
 
-Axis = str | Sequence[str]
 Permutation = Callable[[PRNGKeyArray, int], Int[Array, " n"]]
 
 
@@ -233,19 +223,6 @@ def _layout(perm: Int[Array, " n"], b: int, drop_remainder: bool) -> EpochPlan:
     return EpochPlan(indices.reshape(t, b), mask.reshape(t, b))
 
 
-def _check_permutation(fn: str, permutation: Any) -> None:
-    if not callable(permutation):
-        raise TypeError(
-            f"{fn}: permutation must be a function (key, num_examples) -> indices, such as "
-            f"jax.random.permutation or gradtx.data.feistel_permutation, got "
-            f"{type(permutation).__name__}"
-        )
-
-
-def _permute(key: PRNGKeyArray, n: int, permutation: Permutation) -> Int[Array, " n"]:
-    return jnp.asarray(permutation(key, n)).astype(jnp.int32)
-
-
 def _plan(
     key: PRNGKeyArray, n: int, b: int, drop_remainder: bool, permutation: Permutation
 ) -> EpochPlan:
@@ -253,8 +230,7 @@ def _plan(
     return _layout(_permute(key, n, permutation), b, drop_remainder)
 
 
-# Compiled apart, so that the permutation (the costly part to compile) depends on n alone.
-_permute_jit = jax.jit(_permute, static_argnums=(1, 2))
+# Compiled apart from the permutation (`_permute_jit`), which depends on n alone.
 _layout_jit = jax.jit(_layout, static_argnums=(1, 2))
 
 
@@ -262,65 +238,6 @@ def _plan_jit(
     key: PRNGKeyArray, n: int, b: int, drop_remainder: bool, permutation: Permutation
 ) -> EpochPlan:
     return _layout_jit(_permute_jit(key, n, permutation), b, drop_remainder)
-
-
-def _fmix32(x: Array) -> Array:
-    """murmur3's finalizer: a bijection of uint32 in which every input bit flips every output
-    bit with probability ~1/2."""
-    x = x ^ (x >> jnp.uint32(16))
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> jnp.uint32(13))
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> jnp.uint32(16))
-
-
-_FEISTEL_ROUNDS = 8
-_HALF = 0xFFFF
-
-
-def _feistel(x: Array, round_keys: Array, inverse: bool = False) -> Array:
-    """A keyed bijection of uint32: a Feistel network on two 16-bit halves."""
-    half = jnp.uint32(_HALF)
-    left, right = x >> jnp.uint32(16), x & half
-    if not inverse:
-        for r in range(_FEISTEL_ROUNDS):
-            left, right = right, left ^ (_fmix32(right ^ round_keys[r]) & half)
-    else:
-        for r in reversed(range(_FEISTEL_ROUNDS)):
-            left, right = right ^ (_fmix32(left ^ round_keys[r]) & half), left
-    return (left << jnp.uint32(16)) | right
-
-
-def feistel_permutation(key: PRNGKeyArray, num_examples: int) -> Int[Array, " num_examples"]:
-    r"""A random permutation of $\{0, \dots, m-1\}$ for one single-operand sort.
-
-    Let $E_k$ be a keyed bijection of 32-bit integers (an 8-round Feistel network on 16-bit
-    halves, round function murmur3's finalizer, round keys from `jax.random.bits(key)`). Then
-
-    $$\pi = E_k^{-1}\big(\operatorname{sort}(E_k(0), \dots, E_k(m-1))\big),$$
-
-    i.e. the examples ordered by distinct pseudo-random 32-bit keys $E_k(i)$. This is
-    `jax.random.permutation`'s sort-by-random-keys, except that the keys are never tied and
-    carry their example with them: the sort has one `uint32` operand instead of a key-value
-    pair, which XLA:CPU sorts about 6 times faster, and no second round is needed. The
-    position and full-permutation frequencies are checked against uniform in the tests.
-
-    A drop-in for `jax.random.permutation` in `epoch_indices`, `batches` and `scan_epoch`
-    (argument `permutation=`): equally deterministic for a key, but another order. Worth it on
-    a CPU with small models: there `jax.random.permutation` costs ~0.3 µs per example, ~10 µs
-    per step at batch 32, more than a softmax regression's whole step.
-
-    Args:
-        key: a PRNG key.
-        num_examples: $m \geq 1$, static.
-
-    Returns:
-        int32 `[m]`, a permutation of `arange(m)`.
-    """
-    n = _as_int("feistel_permutation", "num_examples", num_examples, 1)
-    round_keys = jax.random.bits(key, (_FEISTEL_ROUNDS,), jnp.uint32)
-    codes = _feistel(jnp.arange(n, dtype=jnp.uint32), round_keys)
-    return _feistel(jnp.sort(codes), round_keys, inverse=True).astype(jnp.int32)
 
 
 def epoch_indices(
@@ -514,399 +431,24 @@ def batches(
 
 
 # ----------------------------------------------------------------------------
-# Whole epochs on the device.
+# The rest of `gradtx.data`, re-exported. These modules build on the plans and checks above
+# (they import this module), so they are imported last. `Axis` and `StepFn` are the type
+# aliases that used to live here.
 
-StepFn = Callable[..., tuple[PyTree, PyTree]]
-
-# Compiled epochs, per step function and static options, so that a second epoch reuses the
-# compiled scan. Plain functions are held weakly (the entry goes with the function); bound
-# methods and other callables that cannot be weakly referenced go to a small LRU instead.
-_EPOCHS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Callable[..., Any]]] = (
-    weakref.WeakKeyDictionary()
+from gradtx.scan import StepFn as StepFn  # noqa: E402
+from gradtx.scan import scan_epoch  # noqa: E402
+from gradtx.sharding import Axis as Axis  # noqa: E402
+from gradtx.sharding import (  # noqa: E402
+    process_batches,
+    process_rows,
+    replicate,
+    shard,
+    shard_state,
+    state_sharding,
 )
-_EPOCHS_STRONG: OrderedDict[Any, dict[tuple[Any, ...], Callable[..., Any]]] = OrderedDict()
-_EPOCHS_STRONG_SIZE = 32
-
-
-def _epoch_cache(step_fn: StepFn) -> dict[tuple[Any, ...], Callable[..., Any]]:
-    if not isinstance(step_fn, types.MethodType):
-        try:
-            return _EPOCHS.setdefault(step_fn, {})
-        except TypeError:  # not weakly referenceable
-            pass
-    entry = _EPOCHS_STRONG.pop(step_fn, None) or {}
-    _EPOCHS_STRONG[step_fn] = entry
-    while len(_EPOCHS_STRONG) > _EPOCHS_STRONG_SIZE:
-        _EPOCHS_STRONG.popitem(last=False)
-    return entry
-
-
-def _constrain(tree: PyTree, sharding: NamedSharding | None) -> PyTree:
-    """Lays `tree` out as `sharding` inside a traced function (explicit or auto mesh axes)."""
-    if sharding is None:
-        return tree
-    mesh = sharding.mesh
-    names = [a for part in sharding.spec if part is not None for a in _axis_names(part)]
-    types_ = dict(zip(mesh.axis_names, mesh.axis_types))
-    if any(types_[a] == jax.sharding.AxisType.Explicit for a in names):
-        return jax.sharding.reshard(tree, sharding)
-    return lax.with_sharding_constraint(tree, sharding)
-
-
-def _build_epoch(
-    step_ref: Callable[[], StepFn | None],
-    batch_size: int,
-    drop_remainder: bool,
-    with_mask: bool,
-    permutation: Permutation,
-    sharding: NamedSharding | None,
-    donate: bool,
-    unroll: int | bool,
-) -> Callable[..., Any]:
-    def epoch(carry: PyTree, data: PyTree, key: PRNGKeyArray) -> tuple[PyTree, PyTree]:
-        step_fn = step_ref()
-        assert step_fn is not None, "scan_epoch: the step function was garbage collected"
-        n = jax.tree.leaves(data)[0].shape[0]
-        plan = _plan(key, n, batch_size, drop_remainder, permutation)
-
-        def body(c: PyTree, xs: EpochPlan) -> tuple[PyTree, PyTree]:
-            batch = _constrain(_take(data, xs.indices), sharding)
-            if with_mask:
-                return step_fn(c, batch, _constrain(xs.mask, sharding))
-            return step_fn(c, batch)
-
-        return lax.scan(body, carry, plan, unroll=unroll)
-
-    return jax.jit(epoch, donate_argnums=(0,) if donate else ())
-
-
-def scan_epoch(
-    step_fn: StepFn,
-    carry: PyTree,
-    data: PyTree,
-    key: PRNGKeyArray,
-    batch_size: int,
-    *,
-    drop_remainder: bool = False,
-    with_mask: bool = True,
-    permutation: Permutation = jax.random.permutation,
-    mesh: Mesh | None = None,
-    axis: Axis = "data",
-    donate: bool = True,
-    unroll: int | bool = 1,
-) -> tuple[PyTree, PyTree]:
-    r"""Runs one epoch as a single compiled `lax.scan` on the device.
-
-    Equivalent to (but with one dispatch instead of $T$)::
-
-        outputs = []
-        for batch, mask in batches(key, data, batch_size, with_mask=True):
-            carry, out = step_fn(carry, batch, mask)
-            outputs.append(out)
-        return carry, stack(outputs)
-
-    The plan (`epoch_indices`) is drawn inside the compiled function and every batch is gathered
-    from `data` on the device inside the scan body. The function is `jit`-compiled once per
-    step function, options and argument shapes, and cached: later epochs reuse it.
-
-    Args:
-        step_fn: `step_fn(carry, batch, mask) -> (carry, output)` with `with_mask=True` (the
-            default), else `step_fn(carry, batch) -> (carry, output)`. `batch` is a pytree like
-            `data` with $B$ rows per leaf; `mask` is `bool[B]`, `False` on the padding of a
-            partial last batch: weight the loss with it (`masked_mean`). `carry` is typically
-            `(params, opt_state)`, `output` the batch loss $J^{\{t\}}$ (any pytree of arrays).
-        carry: the initial carry. Donated by default: its buffers are reused for the result, so
-            do not use the arrays passed in afterwards.
-        data: a pytree of arrays sharing a leading axis of $m$ examples; put it on the device
-            once (and on `mesh`, or leave it uncommitted, when `mesh` is given).
-        key: the epoch's key, usually `jax.random.fold_in(key, epoch)`.
-        batch_size: $1 \leq B \leq m$.
-        drop_remainder: drop a partial last batch instead of padding and masking it.
-        with_mask: pass the mask to `step_fn`. Without it, every batch must be full
-            ($B \mid m$ or `drop_remainder=True`): padding rows would otherwise count twice.
-        permutation: the shuffle, as in `epoch_indices`. The default, `jax.random.permutation`,
-            sorts: on a CPU that costs more than a whole epoch of a small model's steps, and
-            `feistel_permutation` is ~10 times cheaper.
-        mesh: when given, each batch (and mask) is split over `axis` of this mesh, so the scan
-            runs data-parallel; $B$ must be a multiple of the axis size.
-        axis: the mesh axis (or axes) the batch is split over.
-        donate: donate `carry` to the compiled epoch.
-        unroll: passed to `lax.scan`.
-
-    Returns:
-        `(carry, outputs)`: the carry after $T$ steps, and the outputs stacked along a leading
-        axis of size $T$ (e.g. the noisy per-batch cost curve $J^{\{1\}}, \dots, J^{\{T\}}$).
-
-    Raises:
-        ValueError: for mismatched or empty `data`, bad sizes, or `with_mask=False` with a
-            partial last batch.
-    """
-    fn = "scan_epoch"
-    if not callable(step_fn):
-        raise TypeError(f"{fn}: step_fn must be callable, got {type(step_fn).__name__}")
-    n = _dataset_size(fn, data)
-    n, b = _check_sizes(fn, n, batch_size)
-    for name, value in (("drop_remainder", drop_remainder), ("with_mask", with_mask)):
-        _check_bool(fn, name, value)
-    _check_bool(fn, "donate", donate)
-    _check_key(fn, key)
-    _check_permutation(fn, permutation)
-    if not with_mask and not drop_remainder and n % b:
-        raise ValueError(
-            f"{fn}: {n} examples do not split into batches of {b} (the last batch has "
-            f"{n % b}); pass with_mask=True and weight the loss with the mask, or "
-            f"drop_remainder=True to leave {n % b} examples out"
-        )
-    sharding = None
-    if mesh is not None:
-        size = _axis_size(fn, mesh, axis)
-        if b % size:
-            raise ValueError(
-                f"{fn}: batch_size {b} does not divide over the {size} devices of mesh axis "
-                f"{axis!r}; use a multiple of {size}"
-            )
-        sharding = NamedSharding(mesh, P(axis))
-    options = (b, drop_remainder, with_mask, permutation, sharding, donate, unroll)
-    cache = _epoch_cache(step_fn)
-    compiled = cache.get(options)
-    if compiled is None:
-        if isinstance(step_fn, types.MethodType):
-            step_ref = lambda: step_fn  # held by the bounded LRU
-        else:
-            try:
-                step_ref = weakref.ref(step_fn)
-            except TypeError:
-                step_ref = lambda: step_fn
-        compiled = cache[options] = _build_epoch(step_ref, *options)
-    if mesh is not None:
-        with jax.set_mesh(mesh):
-            return compiled(carry, data, key)
-    return compiled(carry, data, key)
-
-
-# ----------------------------------------------------------------------------
-# Sharding over devices.
-
-
-def _axis_names(axis: Axis) -> tuple[str, ...]:
-    return (axis,) if isinstance(axis, str) else tuple(axis)
-
-
-def _axis_size(fn: str, mesh: Mesh, axis: Axis) -> int:
-    if not isinstance(mesh, Mesh):
-        raise TypeError(
-            f"{fn}: mesh must be a jax.sharding.Mesh, e.g. "
-            f"jax.make_mesh((jax.device_count(),), ('data',)), got {type(mesh).__name__}"
-        )
-    names = _axis_names(axis)
-    for name in names:
-        if name not in mesh.shape:
-            raise ValueError(
-                f"{fn}: axis {name!r} is not an axis of the mesh; its axes are "
-                f"{tuple(mesh.axis_names)}"
-            )
-    return math.prod(mesh.shape[name] for name in names)
-
-
-def shard(batch: PyTree, mesh: Mesh, axis: Axis = "data") -> PyTree:
-    r"""Places `batch` on `mesh` with its leading axis split over `axis`.
-
-    Each leaf gets `NamedSharding(mesh, PartitionSpec(axis))`: with $N$ devices along `axis`,
-    device $k$ holds rows $[kB/N, (k+1)B/N)$. Replicated parameters and a sharded batch are all
-    `jax.jit` needs for data parallelism: it inserts the all-reduce of the gradient.
-
-    Args:
-        batch: a pytree of arrays with a leading batch axis (a mask included).
-        mesh: the device mesh, e.g. `jax.make_mesh((jax.device_count(),), ("data",))`.
-        axis: the mesh axis name, or a tuple of names, to split over.
-
-    Raises:
-        ValueError: when a leaf's leading size is not a multiple of the number of devices
-            along `axis` (the leaf, its size and the device count are named), or `axis` is not
-            a mesh axis.
-    """
-    fn = "shard"
-    size = _axis_size(fn, mesh, axis)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
-        shape = np.shape(leaf)
-        where = f"batch{jax.tree_util.keystr(path)}"
-        if len(shape) == 0:
-            raise ValueError(f"{fn}: {where} is a scalar; it has no batch axis to split")
-        if shape[0] % size:
-            raise ValueError(
-                f"{fn}: batch size {shape[0]} of {where} does not divide over the {size} "
-                f"devices of mesh axis {axis!r}; use a batch size that is a multiple of {size}"
-            )
-    return jax.device_put(batch, NamedSharding(mesh, P(axis)))
-
-
-def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Places a full copy of every leaf of `tree` on every device of `mesh` (e.g. parameters)."""
-    _axis_size("replicate", mesh, ())
-    return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
-def state_sharding(state: PyTree, mesh: Mesh, axis: Axis = "data") -> PyTree:
-    r"""A `NamedSharding` per leaf of an optimizer state that splits it $N$ ways (ZeRO-1).
-
-    Each leaf is split over `axis` along its first dimension whose size is a multiple of the
-    $N$ devices of that axis, so each device stores $1/N$ of it; leaves without such a
-    dimension (step counters and other scalars, odd shapes) are replicated. Use the result as
-    `out_shardings` of the jitted train step so the state stays split from step to step; `jit`
-    then updates each slice on its own device and all-gathers the parameter update.
-
-    Returns:
-        A pytree of `NamedSharding` with the structure of `state`.
-    """
-    size = _axis_size("state_sharding", mesh, axis)
-
-    def leaf_sharding(leaf: Any) -> NamedSharding:
-        for dim, length in enumerate(np.shape(leaf)):
-            if length % size == 0:
-                return NamedSharding(mesh, P(*([None] * dim), axis))
-        return NamedSharding(mesh, P())
-
-    return jax.tree.map(leaf_sharding, state)
-
-
-def shard_state(state: PyTree, mesh: Mesh, axis: Axis = "data") -> PyTree:
-    """Places an optimizer state on `mesh` as `state_sharding` lays it out (ZeRO-1)."""
-    return jax.device_put(state, state_sharding(state, mesh, axis))
-
-
-# ----------------------------------------------------------------------------
-# Several processes (multi-host).
-
-
-def process_rows(
-    global_batch_size: int,
-    mesh: Mesh,
-    axis: Axis = "data",
-    *,
-    process_index: int | None = None,
-    device_process: Callable[[Any], int] | None = None,
-) -> np.ndarray:
-    r"""The rows of every global batch that one process loads.
-
-    A global batch of $B$ rows is split over the $N$ devices of `axis`; a process loads the rows
-    of the devices it owns, in the order `jax.make_array_from_process_local_data` expects
-    (ascending). With $P$ processes of $N/P$ devices each, laid out in order along the axis
-    (`jax.make_mesh` on a GPU or CPU cluster), process $p$ loads rows $[pB/P, (p+1)B/P)$.
-
-    Args:
-        global_batch_size: $B$, a multiple of $N$.
-        mesh: the global mesh (every process builds the same one).
-        axis: the mesh axis the batch is split over.
-        process_index: the process to plan for; defaults to `jax.process_index()`.
-        device_process: maps a device to its process; defaults to `device.process_index`.
-            Pass another mapping to plan for a simulated cluster.
-
-    Returns:
-        A sorted int array of $B/P$ row positions within the global batch.
-    """
-    fn = "process_rows"
-    b = _as_int(fn, "global_batch_size", global_batch_size, 1)
-    size = _axis_size(fn, mesh, axis)
-    if b % size:
-        raise ValueError(
-            f"{fn}: global batch size {b} does not divide over the {size} devices of mesh axis "
-            f"{axis!r}; use a multiple of {size}"
-        )
-    if process_index is None:
-        p = jax.process_index()
-    else:
-        p = _as_int(fn, "process_index", process_index, 0)
-    owner = device_process or (lambda device: device.process_index)
-    index_map = NamedSharding(mesh, P(axis)).devices_indices_map((b,))
-    spans = sorted(
-        {
-            (index[0].start or 0, b if index[0].stop is None else index[0].stop)
-            for device, index in index_map.items()
-            if owner(device) == p
-        }
-    )
-    if not spans:
-        raise ValueError(f"{fn}: process {p} owns no device of the mesh")
-    return np.concatenate([np.arange(lo, hi) for lo, hi in spans])
-
-
-def process_batches(
-    key: PRNGKeyArray,
-    data: PyTree,
-    global_batch_size: int,
-    mesh: Mesh,
-    axis: Axis = "data",
-    *,
-    drop_remainder: bool = False,
-    with_mask: bool = False,
-    start_step: int = 0,
-    permutation: Permutation = jax.random.permutation,
-) -> Iterator[PyTree] | Iterator[tuple[PyTree, Bool[Array, " batch"]]]:
-    r"""`batches` for several processes: each one reads only its own rows of every batch.
-
-    Every process runs the same loop with the same `key`, so all draw the same plan
-    (`epoch_indices`). Process $p$ reads the examples `indices[t, process_rows(...)]` from its
-    own copy of the dataset (numpy arrays, `np.memmap`, anything indexable by an int array)
-    and the global batch is assembled with `jax.make_array_from_process_local_data`, split over
-    `axis` of `mesh`. In a single process this is `shard(next(batches(...)), mesh)`.
-
-    Call `jax.distributed.initialize(...)` first on every process (see the README).
-
-    Args:
-        key, drop_remainder, with_mask, start_step, permutation: as in `batches`; a partial
-            last batch needs `with_mask=True` (padded, static shape) or
-            `drop_remainder=True`.
-        data: a pytree of host arrays sharing a leading axis of $m$ examples.
-        global_batch_size: $B$, summed over all processes; a multiple of the devices on `axis`.
-        mesh: the global mesh.
-        axis: the mesh axis (or axes) the batch is split over.
-
-    Returns:
-        An iterator over global batches (`jax.Array`s sharded over `axis`), or `(batch, mask)`.
-    """
-    fn = "process_batches"
-    n = _dataset_size(fn, data)
-    n, b = _check_sizes(fn, n, global_batch_size)
-    _check_bool(fn, "drop_remainder", drop_remainder)
-    _check_bool(fn, "with_mask", with_mask)
-    _check_key(fn, key)
-    if not with_mask and not drop_remainder and n % b:
-        raise ValueError(
-            f"{fn}: {n} examples do not split into global batches of {b} (the last batch has "
-            f"{n % b}); pass with_mask=True (padded, static shape) or drop_remainder=True"
-        )
-    rows = process_rows(b, mesh, axis)
-    t_total = n // b if drop_remainder else -(-n // b)
-    start = _as_int(fn, "start_step", start_step, 0)
-    if start > t_total:
-        raise ValueError(
-            f"{fn}: start_step must be in [0, {t_total}] (the epoch has {t_total} batches), "
-            f"got {start}"
-        )
-    _check_permutation(fn, permutation)
-    plan = _plan_jit(key, n, b, drop_remainder, permutation)
-    local_indices = np.asarray(plan.indices)[:, rows]
-    local_mask = np.asarray(plan.mask)[:, rows]
-    sharding = NamedSharding(mesh, P(axis))
-
-    leaves, treedef = jax.tree.flatten(data)
-    shapes = [(b, *np.shape(leaf)[1:]) for leaf in leaves]
-
-    def generate() -> Iterator[Any]:
-        for t in range(start, t_total):
-            rows_t = local_indices[t]
-            batch = treedef.unflatten(
-                [
-                    jax.make_array_from_process_local_data(
-                        sharding, np.asarray(leaf[rows_t]), shape
-                    )
-                    for leaf, shape in zip(leaves, shapes)
-                ]
-            )
-            if with_mask:
-                mask = jax.make_array_from_process_local_data(sharding, local_mask[t], (b,))
-                yield batch, mask
-            else:
-                yield batch
-
-    return generate()
+from gradtx.shuffle import (  # noqa: E402
+    _check_permutation,
+    _permute,
+    _permute_jit,
+    feistel_permutation,
+)

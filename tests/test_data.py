@@ -445,3 +445,18 @@ def test_other_argument_errors():
         gd.epoch_indices(jax.random.split(KEY, 2), 10, 4)
     with pytest.raises(TypeError, match="scan_epoch: step_fn must be callable"):
         gd.scan_epoch(None, 0.0, data, KEY, 2)
+
+
+def test_data_reexports_the_split_modules():
+    """`gradtx.data` keeps every name it had before the split into shuffle, scan and sharding."""
+    from gradtx import scan, sharding, shuffle
+
+    homes = {name: shuffle for name in shuffle.__all__}
+    homes.update({name: scan for name in scan.__all__})
+    homes.update({name: sharding for name in sharding.__all__})
+    assert set(homes) <= set(gd.__all__)
+    for name, module in homes.items():
+        assert getattr(gd, name) is getattr(module, name), name
+    for name in gd.__all__:
+        assert getattr(gd, name).__module__.startswith("gradtx."), name
+    assert gd.Axis is sharding.Axis and gd.StepFn is scan.StepFn

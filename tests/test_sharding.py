@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import gradtx
 from gradtx import data as gd
+from gradtx import sharding
 
 KEY = jax.random.key(0)
 N_DEV = 8
@@ -282,3 +283,91 @@ def test_process_batches_in_one_process_equal_sharded_batches():
     with pytest.raises(ValueError, match=r"process_batches: 40 examples .* batches of 16"):
         gd.process_batches(key, host, 16, mesh)
     assert len(list(gd.process_batches(key, host, 16, mesh, drop_remainder=True))) == 2
+
+
+# ----------------------------------------------------------------------------
+# Several processes: the same arguments everywhere (the real runs are in test_multihost.py).
+
+
+def test_process_batches_errors_name_the_value_and_the_fix():
+    mesh = _mesh()
+    host = {"x": np.zeros((40, 3), np.float32)}
+    with pytest.raises(
+        ValueError,
+        match=r"process_batches: global batch size 12 does not divide over the 8 devices of mesh "
+        r"axis 'data'; use a multiple of 8 \(e.g. 8 or 16\)",
+    ):
+        gd.process_batches(KEY, host, 12, mesh, with_mask=True)
+    with pytest.raises(
+        ValueError,
+        match=r"process_batches: axis 'batch' is not an axis of the mesh; its axes are "
+        r"\('data',\): pass one of them",
+    ):
+        gd.process_batches(KEY, host, 16, mesh, "batch", with_mask=True)
+
+
+def _facts(data, key=KEY, b=16, start=0, permutation=jax.random.permutation):
+    mesh = _mesh()
+    n = gd.num_examples(data)
+    plan = gd.epoch_indices(key, n, b, permutation=permutation)
+    return sharding._batch_facts(data, n, b, key, start, False, True, mesh, "data", plan)
+
+
+def test_disagreement_names_each_process_value_and_the_fix():
+    def reports(*facts, errors=None):
+        errors = errors or [None] * len(facts)
+        return [{"error": e, "facts": f} for e, f in zip(errors, facts)]
+
+    host = {"x": np.zeros((40, 3), np.float32), "y": np.zeros((40,), np.int32)}
+    same = _facts(host)
+    assert sharding._disagreement("process_batches", reports(same, same, same)) is None
+
+    short = _facts({k: v[:32] for k, v in host.items()})
+    message = sharding._disagreement("process_batches", reports(same, short, same))
+    assert message.startswith(
+        "process_batches: the 3 processes disagree on the number of examples in data: 40 on "
+        "processes 0, 2; 32 on process 1; every process passes the whole dataset"
+    )
+    wider = _facts({"x": np.zeros((40, 4), np.float32), "y": host["y"]})
+    assert "disagree on the leaves of data" in sharding._disagreement("f", reports(same, wider))
+    other_key = _facts(host, key=jax.random.key(1))
+    message = sharding._disagreement("f", reports(same, other_key))
+    assert "disagree on key" in message and "jax.process_index()" in message
+    assert "disagree on start_step: 0 on process 0; 2 on process 1" in sharding._disagreement(
+        "f", reports(same, _facts(host, start=2))
+    )
+    feistel = _facts(host, permutation=gd.feistel_permutation)
+    assert "same permutation" in sharding._disagreement("f", reports(same, feistel))
+
+    # A process that failed comes first, quoted, even when the facts differ too.
+    failed = ["ValueError", "process_batches: axis 'batch' is not an axis of the mesh"]
+    message = sharding._disagreement("process_batches", reports(same, {}, errors=[None, failed]))
+    assert message == (
+        "process_batches: 1 of 2 processes rejected their arguments, so every process stops "
+        "here rather than wait for them in a collective. process 1: ValueError: "
+        "process_batches: axis 'batch' is not an axis of the mesh"
+    )
+
+
+def test_reports_fit_the_fixed_size_buffer():
+    host = {"x": np.zeros((40, 3), np.float32)}
+    facts = _facts(host)
+    buffer = sharding._encode_report(None, facts)
+    assert buffer.shape == (sharding._REPORT_BYTES,) and buffer.dtype == np.uint8
+    assert sharding._decode_report(buffer) == {"error": None, "facts": facts}
+
+    # Thousands of leaves: compared by checksum, equal for equal data, different otherwise.
+    many = {f"leaf{i:04d}": np.zeros((40, 2), np.float32) for i in range(2000)}
+    big = sharding._decode_report(sharding._encode_report(None, _facts(many)))
+    assert big["facts"]["leaves"].startswith("crc32 ")
+    again = sharding._decode_report(sharding._encode_report(None, _facts(dict(many))))
+    assert again == big
+    many["leaf0000"] = np.zeros((40, 2), np.float64)
+    changed = sharding._decode_report(sharding._encode_report(None, _facts(many)))
+    assert changed["facts"]["leaves"] != big["facts"]["leaves"]
+
+    # A very long error message keeps its start.
+    error = ValueError("f: " + "é" * 20_000)
+    report = sharding._decode_report(sharding._encode_report(error, {}))
+    assert report["error"][0] == "ValueError" and report["error"][1].startswith("f: éé")
+    assert report["error"][1].endswith(" ...")
