@@ -171,6 +171,23 @@ def check_bool(fn: str, name: str, value: Any) -> None:
         raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
 
 
+def check_key(fn: str, key: Any) -> None:
+    """A single PRNG key: `jax.random.key(seed)` or a legacy `uint32[2]` `PRNGKey`."""
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape != ():
+            raise ValueError(f"{fn}: key must be a single PRNG key, got a key array of {shape}")
+        return
+    if dtype == jnp.uint32 and shape == (2,):
+        return
+    raise TypeError(
+        f"{fn}: key must be a PRNG key such as jax.random.key(0) or "
+        f"jax.random.fold_in(key, epoch), got {type(key).__name__}"
+        + (f" of dtype {dtype} and shape {shape}" if dtype is not None else f" {key!r}")
+    )
+
+
 def as_dtype(value: Any) -> np.dtype | None:
     """`value` as a dtype when it names one (`jnp.float32`, `np.dtype('bfloat16')`), else None."""
     if isinstance(value, np.dtype):

@@ -21,19 +21,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import PRNGKeyArray
 
-from gradtx.base import PyTree
-from gradtx.data import (
-    EpochPlan,
-    Permutation,
-    _check_bool,
-    _check_key,
-    _check_sizes,
-    _dataset_size,
-    _plan,
-    _take,
-)
-from gradtx.sharding import Axis, _axis_size, _constrain
-from gradtx.shuffle import _check_permutation
+from gradtx.checks import check_bool, check_key
+from gradtx.epochs import EpochPlan, check_sizes, dataset_size, draw_plan, take
+from gradtx.sharding import Axis, axis_size, constrain
+from gradtx.shuffle import Permutation, check_permutation
+from gradtx.typing import PyTree
 
 __all__ = ["scan_epoch"]
 
@@ -76,12 +68,12 @@ def _build_epoch(
         step_fn = step_ref()
         assert step_fn is not None, "scan_epoch: the step function was garbage collected"
         n = jax.tree.leaves(data)[0].shape[0]
-        plan = _plan(key, n, batch_size, drop_remainder, permutation)
+        plan = draw_plan(key, n, batch_size, drop_remainder, permutation)
 
         def body(c: PyTree, xs: EpochPlan) -> tuple[PyTree, PyTree]:
-            batch = _constrain(_take(data, xs.indices), sharding)
+            batch = constrain(take(data, xs.indices), sharding)
             if with_mask:
-                return step_fn(c, batch, _constrain(xs.mask, sharding))
+                return step_fn(c, batch, constrain(xs.mask, sharding))
             return step_fn(c, batch)
 
         return lax.scan(body, carry, plan, unroll=unroll)
@@ -153,13 +145,13 @@ def scan_epoch(
     fn = "scan_epoch"
     if not callable(step_fn):
         raise TypeError(f"{fn}: step_fn must be callable, got {type(step_fn).__name__}")
-    n = _dataset_size(fn, data)
-    n, b = _check_sizes(fn, n, batch_size)
+    n = dataset_size(fn, data)
+    n, b = check_sizes(fn, n, batch_size)
     for name, value in (("drop_remainder", drop_remainder), ("with_mask", with_mask)):
-        _check_bool(fn, name, value)
-    _check_bool(fn, "donate", donate)
-    _check_key(fn, key)
-    _check_permutation(fn, permutation)
+        check_bool(fn, name, value)
+    check_bool(fn, "donate", donate)
+    check_key(fn, key)
+    check_permutation(fn, permutation)
     if not with_mask and not drop_remainder and n % b:
         raise ValueError(
             f"{fn}: {n} examples do not split into batches of {b} (the last batch has "
@@ -168,7 +160,7 @@ def scan_epoch(
         )
     sharding = None
     if mesh is not None:
-        size = _axis_size(fn, mesh, axis)
+        size = axis_size(fn, mesh, axis)
         if b % size:
             raise ValueError(
                 f"{fn}: batch_size {b} does not divide over the {size} devices of mesh axis "
@@ -179,6 +171,7 @@ def scan_epoch(
     cache = _epoch_cache(step_fn)
     compiled = cache.get(options)
     if compiled is None:
+        step_ref: Callable[[], StepFn | None]
         if isinstance(step_fn, types.MethodType):
             step_ref = lambda: step_fn  # held by the bounded LRU
         else:

@@ -33,18 +33,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, PRNGKeyArray
 
-from gradtx.base import PyTree
-from gradtx.data import (
-    EpochPlan,
-    Permutation,
-    _as_int,
-    _check_bool,
-    _check_key,
-    _check_sizes,
-    _dataset_size,
-    _plan_jit,
-)
-from gradtx.shuffle import _check_permutation
+from gradtx import numerics
+from gradtx.checks import check_bool, check_int, check_key
+from gradtx.epochs import EpochPlan, check_sizes, dataset_size, draw_plan_jit
+from gradtx.shuffle import Permutation, check_permutation
+from gradtx.typing import PyTree
 
 __all__ = [
     "process_batches",
@@ -66,7 +59,7 @@ def _axis_names(axis: Axis) -> tuple[str, ...]:
     return (axis,) if isinstance(axis, str) else tuple(axis)
 
 
-def _axis_size(fn: str, mesh: Mesh, axis: Axis) -> int:
+def axis_size(fn: str, mesh: Mesh, axis: Axis) -> int:
     if not isinstance(mesh, Mesh):
         raise TypeError(
             f"{fn}: mesh must be a jax.sharding.Mesh, e.g. "
@@ -82,7 +75,7 @@ def _axis_size(fn: str, mesh: Mesh, axis: Axis) -> int:
     return math.prod(mesh.shape[name] for name in names)
 
 
-def _constrain(tree: PyTree, sharding: NamedSharding | None) -> PyTree:
+def constrain(tree: PyTree, sharding: NamedSharding | None) -> PyTree:
     """Lays `tree` out as `sharding` inside a traced function (explicit or auto mesh axes)."""
     if sharding is None:
         return tree
@@ -112,7 +105,7 @@ def shard(batch: PyTree, mesh: Mesh, axis: Axis = "data") -> PyTree:
             a mesh axis.
     """
     fn = "shard"
-    size = _axis_size(fn, mesh, axis)
+    size = axis_size(fn, mesh, axis)
     for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
         shape = np.shape(leaf)
         where = f"batch{jax.tree_util.keystr(path)}"
@@ -127,8 +120,13 @@ def shard(batch: PyTree, mesh: Mesh, axis: Axis = "data") -> PyTree:
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Places a full copy of every leaf of `tree` on every device of `mesh` (e.g. parameters)."""
-    _axis_size("replicate", mesh, ())
+    """Places a full copy of every leaf of `tree` on every device of `mesh` (e.g. parameters).
+
+    Args:
+        tree: a pytree of arrays.
+        mesh: the devices to copy it to.
+    """
+    axis_size("replicate", mesh, ())
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
@@ -141,10 +139,15 @@ def state_sharding(state: PyTree, mesh: Mesh, axis: Axis = "data") -> PyTree:
     `out_shardings` of the jitted train step so the state stays split from step to step; `jit`
     then updates each slice on its own device and all-gathers the parameter update.
 
+    Args:
+        state: an optimizer state (or its shapes, from `jax.eval_shape`).
+        mesh: the device mesh.
+        axis: the mesh axis (or axes) to split over.
+
     Returns:
         A pytree of `NamedSharding` with the structure of `state`.
     """
-    size = _axis_size("state_sharding", mesh, axis)
+    size = axis_size("state_sharding", mesh, axis)
 
     def leaf_sharding(leaf: Any) -> NamedSharding:
         for dim, length in enumerate(np.shape(leaf)):
@@ -156,7 +159,13 @@ def state_sharding(state: PyTree, mesh: Mesh, axis: Axis = "data") -> PyTree:
 
 
 def shard_state(state: PyTree, mesh: Mesh, axis: Axis = "data") -> PyTree:
-    """Places an optimizer state on `mesh` as `state_sharding` lays it out (ZeRO-1)."""
+    """Places an optimizer state on `mesh` as `state_sharding` lays it out (ZeRO-1).
+
+    Args:
+        state: an optimizer state.
+        mesh: the device mesh.
+        axis: the mesh axis (or axes) to split over.
+    """
     return jax.device_put(state, state_sharding(state, mesh, axis))
 
 
@@ -203,8 +212,8 @@ def _process_rows(
     process_index: int | None = None,
     device_process: Callable[[Any], int] | None = None,
 ) -> np.ndarray:
-    b = _as_int(fn, "global_batch_size", global_batch_size, 1)
-    size = _axis_size(fn, mesh, axis)
+    b = check_int(fn, "global_batch_size", global_batch_size, 1)
+    size = axis_size(fn, mesh, axis)
     if b % size:
         near = sorted({max(size, b - b % size), b - b % size + size})
         raise ValueError(
@@ -214,7 +223,7 @@ def _process_rows(
     if process_index is None:
         p = jax.process_index()
     else:
-        p = _as_int(fn, "process_index", process_index, 0)
+        p = check_int(fn, "process_index", process_index, 0)
     owner = device_process or (lambda device: device.process_index)
     index_map = NamedSharding(mesh, P(axis)).devices_indices_map((b,))
     spans = sorted(
@@ -267,14 +276,16 @@ def process_batches(
     Call `jax.distributed.initialize(...)` first on every process (see the README).
 
     Args:
-        key, drop_remainder, with_mask, start_step, permutation: as in `batches`; a partial
-            last batch needs `with_mask=True` (padded, static shape) or
-            `drop_remainder=True`.
+        key: the epoch's PRNG key, the same on every process (e.g. `fold_in(key, epoch)`).
         data: a pytree of host arrays sharing a leading axis of $m$ examples: the whole
             dataset, the same on every process.
         global_batch_size: $B$, summed over all processes; a multiple of the devices on `axis`.
         mesh: the global mesh.
         axis: the mesh axis (or axes) the batch is split over.
+        drop_remainder: drop a partial last batch; otherwise it needs `with_mask=True`.
+        with_mask: yield `(batch, mask)` with the last batch padded to a static shape.
+        start_step: the first global batch to yield (to resume mid-epoch).
+        permutation: the shuffle `(key, m) -> int[m]`, the same on every process.
 
     Returns:
         An iterator over global batches (`jax.Array`s sharded over `axis`), or `(batch, mask)`.
@@ -285,11 +296,11 @@ def process_batches(
     """
     fn = "process_batches"
     try:
-        n = _dataset_size(fn, data)
-        n, b = _check_sizes(fn, n, global_batch_size)
-        _check_bool(fn, "drop_remainder", drop_remainder)
-        _check_bool(fn, "with_mask", with_mask)
-        _check_key(fn, key)
+        n = dataset_size(fn, data)
+        n, b = check_sizes(fn, n, global_batch_size, "global_batch_size")
+        check_bool(fn, "drop_remainder", drop_remainder)
+        check_bool(fn, "with_mask", with_mask)
+        check_key(fn, key)
         if not with_mask and not drop_remainder and n % b:
             raise ValueError(
                 f"{fn}: {n} examples do not split into global batches of {b} (the last batch "
@@ -298,14 +309,14 @@ def process_batches(
             )
         rows = _process_rows(fn, b, mesh, axis)
         t_total = n // b if drop_remainder else -(-n // b)
-        start = _as_int(fn, "start_step", start_step, 0)
+        start = check_int(fn, "start_step", start_step, 0)
         if start > t_total:
             raise ValueError(
                 f"{fn}: start_step must be in [0, {t_total}] (the epoch has {t_total} batches), "
                 f"got {start}"
             )
-        _check_permutation(fn, permutation)
-        plan = _plan_jit(key, n, b, drop_remainder, permutation)
+        check_permutation(fn, permutation)
+        plan = draw_plan_jit(key, n, b, drop_remainder, permutation)
         facts = _batch_facts(data, n, b, key, start, drop_remainder, with_mask, mesh, axis, plan)
     except Exception as error:
         _agree(fn, error, {})
@@ -315,7 +326,7 @@ def process_batches(
     local_mask = np.asarray(plan.mask)[:, rows]
     sharding = NamedSharding(mesh, P(axis))
 
-    leaves, treedef = jax.tree.flatten(data)
+    leaves, treedef = numerics.flatten(data)
     shapes = [(b, *np.shape(leaf)[1:]) for leaf in leaves]
 
     def generate() -> Iterator[Any]:

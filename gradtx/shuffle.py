@@ -11,18 +11,22 @@ run draws the same order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Int, PRNGKeyArray
 
-from gradtx.data import Permutation, _as_int
+from gradtx.checks import check_int
 
-__all__ = ["feistel_permutation"]
+__all__ = ["Permutation", "feistel_permutation"]
+
+# A shuffle: `(key, num_examples) -> indices`, a permutation of `range(num_examples)`.
+Permutation = Callable[[PRNGKeyArray, int], Int[Array, " n"]]
 
 
-def _check_permutation(fn: str, permutation: Any) -> None:
+def check_permutation(fn: str, permutation: Any) -> None:
     if not callable(permutation):
         raise TypeError(
             f"{fn}: permutation must be a function (key, num_examples) -> indices, such as "
@@ -31,13 +35,13 @@ def _check_permutation(fn: str, permutation: Any) -> None:
         )
 
 
-def _permute(key: PRNGKeyArray, n: int, permutation: Permutation) -> Int[Array, " n"]:
+def permute(key: PRNGKeyArray, n: int, permutation: Permutation) -> Int[Array, " n"]:
     """`permutation(key, n)` as int32 (static `n`; traceable)."""
     return jnp.asarray(permutation(key, n)).astype(jnp.int32)
 
 
 # Compiled on its own, so that the permutation (the costly part to compile) depends on n alone.
-_permute_jit = jax.jit(_permute, static_argnums=(1, 2))
+permute_jit = jax.jit(permute, static_argnums=(1, 2))
 
 
 def _fmix32(x: Array) -> Array:
@@ -93,7 +97,7 @@ def feistel_permutation(key: PRNGKeyArray, num_examples: int) -> Int[Array, " nu
     Returns:
         int32 `[m]`, a permutation of `arange(m)`.
     """
-    n = _as_int("feistel_permutation", "num_examples", num_examples, 1)
+    n = check_int("feistel_permutation", "num_examples", num_examples, 1)
     round_keys = jax.random.bits(key, (_FEISTEL_ROUNDS,), jnp.uint32)
     codes = _feistel(jnp.arange(n, dtype=jnp.uint32), round_keys)
     return _feistel(jnp.sort(codes), round_keys, inverse=True).astype(jnp.int32)

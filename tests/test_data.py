@@ -406,7 +406,7 @@ def test_bad_data_names_the_leaf(data, match, fn):
     ("batch_size", "match"),
     [(0, "batch_size must be an integer >= 1, got 0"), (-3, "got -3"),
      (11, "batch_size must be <= the number of examples, got batch_size=11 for 10 examples"),
-     (2.5, r"batch_size must be an integer, got 2.5 \(float\)"),
+     (2.5, r"batch_size must be an integer >= 1, got 2.5 \(float\)"),
      (4.0, r"got 4.0 \(float\)"), ("4", "got '4'"), (True, "got True")],
 )  # fmt: skip
 def test_bad_batch_sizes(batch_size, match):
@@ -448,10 +448,12 @@ def test_other_argument_errors():
 
 
 def test_data_reexports_the_split_modules():
-    """`gradtx.data` keeps every name it had before the split into shuffle, scan and sharding."""
-    from gradtx import scan, sharding, shuffle
+    """`gradtx.data` keeps every name it had before the split into epochs, shuffle, scan and
+    sharding, and holds nothing of its own."""
+    from gradtx import epochs, scan, sharding, shuffle
 
-    homes = {name: shuffle for name in shuffle.__all__}
+    homes = {name: epochs for name in epochs.__all__}
+    homes.update({name: shuffle for name in shuffle.__all__ if name != "Permutation"})
     homes.update({name: scan for name in scan.__all__})
     homes.update({name: sharding for name in sharding.__all__})
     assert set(homes) <= set(gd.__all__)
@@ -460,3 +462,4 @@ def test_data_reexports_the_split_modules():
     for name in gd.__all__:
         assert getattr(gd, name).__module__.startswith("gradtx."), name
     assert gd.Axis is sharding.Axis and gd.StepFn is scan.StepFn
+    assert gd.Permutation is shuffle.Permutation

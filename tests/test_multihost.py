@@ -354,9 +354,10 @@ BAD_INPUT = {
         "process_batches: axis 'batch' is not an axis of the mesh",
     ],
     "one_process_batch_too_big": [
-        "process 1: ValueError: process_batches: batch_size must be <= the number of examples, "
-        "got batch_size=1000 for 88 examples",
-        "process_batches: batch_size must be <= the number of examples, got batch_size=1000",
+        "process 1: ValueError: process_batches: global_batch_size must be <= the number of "
+        "examples, got global_batch_size=1000 for 88 examples",
+        "process_batches: global_batch_size must be <= the number of examples, "
+        "got global_batch_size=1000",
     ],
     "row_counts_differ": [
         "process_batches: the 2 processes disagree on the number of examples in data: 88 on "
