@@ -94,6 +94,19 @@ def check_range(
         )
 
 
+def check_finite(
+    fn: str,
+    name: str,
+    value: Any,
+    low: float = -math.inf,
+    *,
+    low_open: bool = True,
+    hint: str = "",
+) -> None:
+    """`value` is a finite real number above `low` (at or above it with `low_open=False`)."""
+    check_range(fn, name, value, low, math.inf, low_open=low_open, high_open=True, hint=hint)
+
+
 def check_decay(fn: str, name: str, value: Any) -> None:
     """A decay rate $\\beta$ must lie in $[0, 1)$, also once rounded to float32.
 

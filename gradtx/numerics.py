@@ -83,3 +83,18 @@ def tree_map_multi(fn: Callable[..., tuple], num_outputs: int, tree: PyTree, *re
     outs = [fn(*xs) for xs in zip(leaves, *rest_leaves)]
     columns = list(zip(*outs)) if outs else [()] * num_outputs
     return tuple(treedef.unflatten(list(col)) for col in columns)
+
+
+def schedule_float(x: ArrayLike) -> jax.Array:
+    """`x` as JAX's default float dtype (float32, or float64 under `jax_enable_x64`)."""
+    return jnp.asarray(x, jnp.result_type(float))
+
+
+def epochs_since(
+    count: ArrayLike, steps: int = 1, begin: int = 0, staircase: bool = False
+) -> jax.Array:
+    r"""$e = \max(t - B, 0) / T$ as a float, $\lfloor e \rfloor$ when `staircase`."""
+    whole, part = jnp.divmod(jnp.maximum(jnp.asarray(count), begin) - begin, steps)
+    return (
+        schedule_float(whole) if staircase else schedule_float(whole) + schedule_float(part) / steps
+    )

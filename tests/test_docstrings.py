@@ -11,7 +11,7 @@ from gradtx import data
 PUBLIC = sorted(
     {
         (module.__name__, name)
-        for module in (gradtx, data)
+        for module in (gradtx, data, gradtx.schedules)
         for name in module.__all__
         if inspect.isfunction(inspect.unwrap(getattr(module, name)))
     }
