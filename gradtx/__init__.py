@@ -55,6 +55,7 @@ from gradtx.hyperparams import (
 )
 from gradtx.momentum import TraceState, trace
 from gradtx.monitor import MonitorNormsState, monitor_norms
+from gradtx.native import native_status
 from gradtx.optimizers import (
     adagrad,
     adam,
@@ -96,6 +97,7 @@ __version__ = "0.1.0"
 __all__ = [
     "apply_step",
     "native_available",
+    "native_status",
     "GroupLayout",
     "Grouped",
     "group",
