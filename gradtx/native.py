@@ -22,7 +22,9 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import threading
+import urllib.parse
 from pathlib import Path
 
 import jax
@@ -151,6 +153,28 @@ def _rebuild_command(isolated: bool = True) -> str:
     if root is not None:
         return f"`pip install -e {root}` (or `python setup.py build_ext --inplace` in {root})"
     # --no-cache-dir: pip would otherwise reuse the wheel it built without the kernels.
-    # --no-build-isolation compiles against the jaxlib installed here (and needs setuptools).
-    flags = "" if isolated else " --no-build-isolation"
-    return f"`CXX=g++ pip install --force-reinstall --no-deps --no-cache-dir{flags} gradtx`"
+    command = "CXX=g++ pip install --force-reinstall --no-deps --no-cache-dir"
+    if isolated:
+        return f"`{command} {_install_source()}`"
+    # Against the jaxlib installed here: no build isolation, so setuptools (with its own
+    # bdist_wheel) must be installed here too.
+    return f"`pip install 'setuptools>=70.1' && {command} --no-build-isolation {_install_source()}`"
+
+
+def _install_source() -> str:
+    """What pip installed this gradtx from (PEP 610's direct_url.json), else its name."""
+    try:
+        dist = importlib.metadata.distribution("gradtx")
+        if Path(str(dist.locate_file(""))).resolve() != _HERE.parent:
+            return "gradtx"  # another installation's metadata
+        info = json.loads(dist.read_text("direct_url.json") or "{}")
+    except (importlib.metadata.PackageNotFoundError, OSError, ValueError):
+        return "gradtx"
+    url = info.get("url", "") if isinstance(info, dict) else ""
+    vcs = info.get("vcs_info") if url else None
+    if isinstance(vcs, dict) and vcs.get("vcs"):
+        commit = vcs.get("commit_id")
+        return shlex.quote(f"{vcs['vcs']}+{url}" + (f"@{commit}" if commit else ""))
+    if url.startswith("file://"):
+        return shlex.quote(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    return shlex.quote(url) if url else "gradtx"

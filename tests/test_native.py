@@ -1,5 +1,6 @@
 """The native kernels: built at install time, loaded without a compiler, explained when absent."""
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -137,6 +138,38 @@ def test_an_install_without_a_compiler_says_why_and_how_to_get_the_kernel(monkey
     assert status.startswith(f"gradtx was installed without its native kernels: {reason}; ")
     assert "install a C++ compiler and reinstall with `CXX=g++ pip install --force-reinstall" in (
         status
+    )
+
+
+@pytest.mark.parametrize(
+    "direct_url, source",
+    [
+        (None, "gradtx"),  # from an index
+        ({"url": "file:///home/me/src/grad%20tx", "dir_info": {}}, "'/home/me/src/grad tx'"),
+        (
+            {"url": "https://github.com/me/gradtx", "vcs_info": {"vcs": "git", "commit_id": "ab1"}},
+            "git+https://github.com/me/gradtx@ab1",
+        ),
+        ({"url": "https://example.org/gradtx-0.1.0.tar.gz", "archive_info": {}}, None),
+    ],
+)
+def test_the_reinstall_command_names_where_gradtx_came_from(
+    monkeypatch, tmp_path, direct_url, source
+):
+    site = tmp_path / "site-packages"
+    (site / "gradtx").mkdir(parents=True)
+    info = site / "gradtx-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gradtx\nVersion: 0.1.0\n")
+    if direct_url is not None:
+        (info / "direct_url.json").write_text(json.dumps(direct_url))
+    dist = importlib.metadata.PathDistribution(info)
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: dist)
+    _record(site / "gradtx", built=False, reason="no C++ compiler was found at install time")
+    status = _status_for(monkeypatch, site / "gradtx")
+    source = source or direct_url["url"]
+    assert status.endswith(
+        f"reinstall with `CXX=g++ pip install --force-reinstall --no-deps --no-cache-dir {source}`"
     )
 
 
