@@ -58,6 +58,7 @@ from gradtx.hyperparams import (
 )
 from gradtx.momentum import TraceState, trace
 from gradtx.monitor import MonitorNormsState, monitor_norms
+from gradtx.native import native_status
 from gradtx.optimizers import (
     adagrad,
     adam,
@@ -105,6 +106,7 @@ __all__ = [
     "spec",
     "apply_step",
     "native_available",
+    "native_status",
     "GroupLayout",
     "Grouped",
     "group",

@@ -5,11 +5,11 @@
 // m and v back (40 bytes per parameter). Each kernel here makes one pass: it reads p, g and the
 // moments once and writes p and the moments in place (Adam: 28 bytes per parameter).
 //
-// gradtx/fused.py builds this file with the system C++ compiler on first use, against the XLA
-// FFI headers shipped with jaxlib, and falls back to the pure-JAX step when it cannot. The math
-// is the math of gradtx's transformations, operation for operation; each kernel names the
-// transformations it fuses. One call updates many leaves (they arrive as variadic buffers), so
-// a step costs a call per few dozen leaves, not one per leaf. Scalars that change
+// setup.py compiles this file when gradtx is installed, against the XLA FFI headers shipped
+// with jaxlib; gradtx/native.py loads it, and gradtx falls back to the pure-JAX step without it.
+// The math is the math of gradtx's transformations, operation for operation; each kernel names
+// the transformations it fuses. One call updates many leaves (they arrive as variadic buffers),
+// so a step costs a call per few dozen leaves, not one per leaf. Scalars that change
 // from step to step (the learning rate, bias corrections, weight decay) arrive as a small
 // float32 buffer, so schedules work under jit.
 

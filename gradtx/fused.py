@@ -23,9 +23,10 @@ The kernels (`fused.cc`, beside this file) fuse these chains, as built by `gradt
 
 Anything else — other chains, masks, bfloat16 leaves, Nesterov Adam, another backend — takes the
 two-line step, which is always available and is what the kernels are tested against. The
-kernels are built once per machine with the system C++ compiler (`$CXX`, else `c++`) against
-the XLA FFI headers shipped with jaxlib, and cached (`$GRADTX_CACHE_DIR`, else
-`~/.cache/gradtx`); `GRADTX_NATIVE=0` turns them off.
+kernels are compiled when gradtx is installed, against jaxlib's XLA FFI headers, and loaded on
+first use (`gradtx.native`); nothing is compiled at import or inside a trace. An install without
+a C++ compiler has no kernels and takes the two-line step: `gradtx.native_status()` says why and
+gives the command that builds them. `GRADTX_NATIVE=0` turns them off.
 
 Donate params and state to the jitted step (`donate_argnums`) so the kernel updates them in
 place, and return them in the order they come in (`step(params, state, ...)` returning
@@ -37,25 +38,16 @@ rule: with parameters sharded over several devices XLA would gather them for it,
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
 import numbers
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import base, checks, numerics
+from gradtx import base, checks, native, numerics
 from gradtx.adam import scale_by_adam
 from gradtx.base import GradientTransformation, OptState, Params, Updates
 from gradtx.combine import chain
@@ -66,11 +58,9 @@ from gradtx.scale import scale_by_learning_rate
 from gradtx.spec import spec_of
 from gradtx.weight_decay import add_decayed_weights
 
-_SOURCE = Path(__file__).with_name("fused.cc")
 # Leaves per native call: XLA's compile time grows faster than linearly with the operands of
 # one instruction (500 leaves in one call: 7 s to compile; in calls of 64: 1 s).
 _LEAVES_PER_CALL = 64
-_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-w"]
 
 
 def apply_step(
@@ -439,55 +429,9 @@ def _native_step(kernel: Kernel, attr_items: tuple) -> Callable:
 
 
 # ----------------------------------------------------------------------------
-# Building and loading the kernels.
-
-_lock = threading.Lock()
-_loaded: list[str | None] = []  # once tried: [None] when loaded, else [why not]
+# Loading the kernels (built at install time; see `gradtx.native`).
 
 
 def _load_native() -> str | None:
-    """Builds (once per machine) and registers the kernels; None on success, else why not."""
-    with _lock:
-        if not _loaded:
-            _loaded.append(_build_and_register())
-        return _loaded[0]
-
-
-def _build_and_register() -> str | None:
-    if os.environ.get("GRADTX_NATIVE", "1") == "0":
-        return "GRADTX_NATIVE=0"
-    try:
-        library = ctypes.CDLL(str(_build()))
-    except (OSError, subprocess.SubprocessError, RuntimeError) as err:
-        return f"could not build or load {_SOURCE.name}: {err}"
-    for kernel in KERNELS:
-        capsule = jax.ffi.pycapsule(getattr(library, kernel.symbol))
-        jax.ffi.register_ffi_target(kernel.target, capsule, platform="cpu")
-    return None
-
-
-def _build() -> Path:
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not compiler or not _SOURCE.exists():
-        raise RuntimeError("no C++ compiler found (set CXX)" if _SOURCE.exists() else "no source")
-    include = Path(jax.ffi.include_dir())
-    key = hashlib.sha256()
-    for part in [_SOURCE.read_bytes(), (include / "xla/ffi/api/c_api.h").read_bytes()]:
-        key.update(part)
-    key.update(" ".join([compiler, *_FLAGS, platform.machine(), jax.__version__]).encode())
-    cache = Path(
-        os.environ.get("GRADTX_CACHE_DIR")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gradtx"
-    )
-    target = cache / f"fused-{key.hexdigest()[:20]}.so"
-    if target.exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        built = Path(tmp) / target.name
-        command = [compiler, *_FLAGS, f"-I{include}", str(_SOURCE), "-o", str(built)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()[-2000:]}")
-        os.replace(built, target)  # atomic: concurrent builders each install a whole file
-    return target
+    """Registers the kernels once per process; None on success, else why not. Never compiles."""
+    return native.load()
