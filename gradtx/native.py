@@ -60,6 +60,8 @@ def load() -> str | None:
 
 
 def _load() -> str | None:
+    if getattr(jax, "ffi", None) is None:
+        return f"jax {jax.__version__} has no jax.ffi (it needs jax>=0.5.0); upgrade jax"
     if os.environ.get("GRADTX_NATIVE", "1") == "0":
         return (
             "GRADTX_NATIVE=0 is set: the native kernels are switched off and apply_step takes "

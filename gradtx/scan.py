@@ -41,6 +41,14 @@ _EPOCHS_STRONG: OrderedDict[Any, dict[tuple[Any, ...], Callable[..., Any]]] = Or
 _EPOCHS_STRONG_SIZE = 32
 
 
+def _use_mesh(mesh: Mesh) -> Any:
+    """`jax.set_mesh(mesh)`, a context manager from jax 0.7.1; `jax.sharding.use_mesh` in 0.7.0."""
+    set_mesh = getattr(jax, "set_mesh", None)
+    if set_mesh is not None:
+        return set_mesh(mesh)
+    return jax.sharding.use_mesh(mesh)  # type: ignore[attr-defined]  # jax 0.7.0 only
+
+
 def _epoch_cache(step_fn: StepFn) -> dict[tuple[Any, ...], Callable[..., Any]]:
     if not isinstance(step_fn, types.MethodType):
         try:
@@ -181,6 +189,6 @@ def scan_epoch(
                 step_ref = lambda: step_fn
         compiled = cache[options] = _build_epoch(step_ref, *options)
     if mesh is not None:
-        with jax.set_mesh(mesh):
+        with _use_mesh(mesh):
             return compiled(carry, data, key)
     return compiled(carry, data, key)
