@@ -78,6 +78,7 @@ NOT_FACTORIES = {
     "group",
     "has_updated",
     "native_available",
+    "native_status",
     "restore_state",
     "set_hyperparam",
     "state_summary",
