@@ -128,6 +128,20 @@ def dataset_size(fn: str, data: PyTree) -> int:
 # Epoch plans.
 
 
+def check_start_step(
+    fn: str, start_step: Any, n: int, b: int, drop_remainder: bool
+) -> tuple[int, int]:
+    """`(start_step, batches in the epoch)`, with `0 <= start_step <= batches` (resuming)."""
+    t_total = n // b if drop_remainder else -(-n // b)
+    start = check_int(fn, "start_step", start_step, 0)
+    if start > t_total:
+        raise ValueError(
+            f"{fn}: start_step must be in [0, {t_total}] (the epoch has {t_total} batches), "
+            f"got {start}"
+        )
+    return start, t_total
+
+
 def num_batches(num_examples: int, batch_size: int, drop_remainder: bool = False) -> int:
     r"""The number of batches in an epoch: $\lceil m/B \rceil$, or $\lfloor m/B \rfloor$ when
     `drop_remainder`.
@@ -363,13 +377,7 @@ def batches(
     check_bool(fn, "drop_remainder", drop_remainder)
     check_bool(fn, "with_mask", with_mask)
     check_key(fn, key)
-    t_total = n // b if drop_remainder else -(-n // b)
-    start = check_int(fn, "start_step", start_step, 0)
-    if start > t_total:
-        raise ValueError(
-            f"{fn}: start_step must be in [0, {t_total}] (the epoch has {t_total} batches), "
-            f"got {start}"
-        )
+    start, t_total = check_start_step(fn, start_step, n, b, drop_remainder)
     check_permutation(fn, permutation)
     plan = draw_plan_jit(key, n, b, drop_remainder, permutation)
     data = _on_device(data)

@@ -35,7 +35,7 @@ from jaxtyping import Array, Bool, PRNGKeyArray
 
 from gradtx import numerics
 from gradtx.checks import check_bool, check_int, check_key
-from gradtx.epochs import EpochPlan, check_sizes, dataset_size, draw_plan_jit
+from gradtx.epochs import EpochPlan, check_sizes, check_start_step, dataset_size, draw_plan_jit
 from gradtx.shuffle import Permutation, check_permutation
 from gradtx.typing import PyTree
 
@@ -308,13 +308,7 @@ def process_batches(
                 f"drop_remainder=True"
             )
         rows = _process_rows(fn, b, mesh, axis)
-        t_total = n // b if drop_remainder else -(-n // b)
-        start = check_int(fn, "start_step", start_step, 0)
-        if start > t_total:
-            raise ValueError(
-                f"{fn}: start_step must be in [0, {t_total}] (the epoch has {t_total} batches), "
-                f"got {start}"
-            )
+        start, t_total = check_start_step(fn, start_step, n, b, drop_remainder)
         check_permutation(fn, permutation)
         plan = draw_plan_jit(key, n, b, drop_remainder, permutation)
         facts = _batch_facts(data, n, b, key, start, drop_remainder, with_mask, mesh, axis, plan)
