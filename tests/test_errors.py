@@ -52,8 +52,71 @@ BAD_HYPERPARAMS = [
     (lambda: gradtx.stateless(3), TypeError, "stateless: f must be callable"),
 ]
 
+# Every check names its function and its argument: one row per check of each factory.
+NAMED_CHECKS = [
+    (lambda: gradtx.ema(0.9, debias=1), TypeError, "ema: debias must be True or False, got 1"),
+    (lambda: gradtx.ema(0.9, accumulator_dtype="x"), TypeError, "ema: accumulator_dtype must be"),
+    (
+        lambda: gradtx.trace(0.9, accumulator_dtype=jnp.int32),
+        ValueError,
+        "trace: accumulator_dtype",
+    ),
+    (lambda: gradtx.scale_by_rms(decay=1.0), ValueError, "scale_by_rms: decay must be in [0, 1)"),
+    (lambda: gradtx.scale_by_rms(eps_in_sqrt=1), TypeError, "scale_by_rms: eps_in_sqrt must be"),
+    (lambda: gradtx.scale_by_rms(bias_correction=0), TypeError, "scale_by_rms: bias_correction"),
+    (
+        lambda: gradtx.scale_by_rms(accumulator_dtype=jnp.int8),
+        ValueError,
+        "scale_by_rms: accumulator_dtype must be a floating dtype, got int8",
+    ),
+    (lambda: gradtx.scale_by_stddev(eps=-1.0), ValueError, "scale_by_stddev: eps must be in [0"),
+    (
+        lambda: gradtx.scale_by_stddev(initial_scale=-1),
+        ValueError,
+        "scale_by_stddev: initial_scale",
+    ),
+    (
+        lambda: gradtx.scale_by_rss(initial_accumulator_value=-0.1),
+        ValueError,
+        "scale_by_rss: initial_accumulator_value must be in [0, inf], got -0.1",
+    ),
+    (lambda: gradtx.scale_by_rss(eps=-1.0), ValueError, "scale_by_rss: eps must be in [0, inf]"),
+    (
+        lambda: gradtx.scale_by_rss(accumulator_dtype=jnp.int32),
+        ValueError,
+        "scale_by_rss: accumulator_dtype must be a floating dtype",
+    ),
+    (lambda: gradtx.scale_by_adam(eps=-1.0), ValueError, "scale_by_adam: eps must be in [0, inf]"),
+    (lambda: gradtx.scale_by_adam(nesterov=1), TypeError, "scale_by_adam: nesterov must be True"),
+    (lambda: gradtx.scale_by_amsgrad(b1=1.0), ValueError, "scale_by_amsgrad: b1 must be in [0, 1)"),
+    (lambda: gradtx.scale_by_amsgrad(eps=-1), ValueError, "scale_by_amsgrad: eps must be in [0"),
+    (lambda: gradtx.scale_by_amsgrad(eps_root=-1), ValueError, "scale_by_amsgrad: eps_root must"),
+    (
+        lambda: gradtx.scale_by_amsgrad(mu_dtype=jnp.int32),
+        ValueError,
+        "scale_by_amsgrad: mu_dtype must be a floating dtype",
+    ),
+    (lambda: gradtx.scale("x"), TypeError, "scale: step_size must be a real number"),
+    (
+        lambda: gradtx.scale_by_learning_rate(-1.0),
+        ValueError,
+        "scale_by_learning_rate: learning_rate must be in [0, inf], got -1.0",
+    ),
+    (
+        lambda: gradtx.scale_by_learning_rate(0.1, flip_sign=0),
+        TypeError,
+        "scale_by_learning_rate: flip_sign must be True or False",
+    ),
+    (lambda: gradtx.add_constant("x"), TypeError, "add_constant: value must be a real number"),
+    (
+        lambda: gradtx.inject_hyperparams(gradtx.sgd, hyperparam_dtype=jnp.int32),
+        ValueError,
+        "inject_hyperparams: hyperparam_dtype must be a floating dtype, got int32",
+    ),
+]
 
-@pytest.mark.parametrize("factory, error, message", BAD_HYPERPARAMS)
+
+@pytest.mark.parametrize("factory, error, message", BAD_HYPERPARAMS + NAMED_CHECKS)
 def test_bad_hyperparameter_is_refused_at_construction(factory, error, message):
     with pytest.raises(error, match=re.escape(message)):
         factory()
@@ -83,6 +146,9 @@ PARAMS = {"dense": {"w": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
         (gradtx.ema(0.9), "ema"),
         (gradtx.scale_by_rms(), "scale_by_rms"),
         (gradtx.adam(1e-3), "scale_by_adam"),
+        (gradtx.scale_by_stddev(), "scale_by_stddev"),
+        (gradtx.scale_by_rss(), "scale_by_rss"),
+        (gradtx.scale_by_amsgrad(), "scale_by_amsgrad"),
     ],
 )
 def test_update_with_wrong_leaf_shape_names_the_transform_and_the_key_path(opt, name):
@@ -163,3 +229,55 @@ def test_centred_variance_is_clipped_at_zero():
     for _ in range(5):
         u, state = opt.update(g, state)
         assert bool(jnp.all(jnp.isfinite(u["x"])))
+
+
+def test_tree_mismatch_names_the_first_differing_or_missing_key():
+    opt = gradtx.ema(0.9)
+    state = opt.init(PARAMS)
+    renamed = {"dense": {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}}
+    expected = (
+        "ema: tree structures differ: updates has updates['dense']['b'] where state has "
+        "state['dense']['bias']; pass updates with the same tree as the params given to init"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        opt.update(renamed, state)
+    fewer = {"dense": {"bias": jnp.zeros(3)}}
+    expected = (
+        "ema: tree structures differ: state has state['dense']['w'] which updates lacks "
+        "(1 leaves in updates, 2 in state)"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        opt.update(fewer, state)
+    more = {"dense": {**PARAMS["dense"], "z": jnp.zeros(2)}}
+    expected = (
+        "ema: tree structures differ: updates has updates['dense']['z'] which state lacks "
+        "(3 leaves in updates, 2 in state)"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        opt.update(more, state)
+    # Same key paths, other containers: the two tree definitions are shown.
+    listed = [jnp.zeros(2), jnp.ones(3)]
+    state = opt.init(listed)
+    with pytest.raises(
+        ValueError, match=r"ema: tree structures differ: updates is PyTreeDef\(\(\*"
+    ):
+        opt.update(tuple(listed), state)
+
+
+@pytest.mark.parametrize(
+    "opt, expected",
+    [
+        (
+            gradtx.add_decayed_weights(0.1),
+            "add_decayed_weights: updates['dense']['bias'] has shape (4,), params has (3,)",
+        ),
+        (
+            gradtx.accumulate(gradtx.sgd(0.1), 2),
+            "accumulate: updates['dense']['bias'] has shape (4,), state.acc_grads has (3,)",
+        ),
+    ],
+)
+def test_tree_mismatch_names_what_the_updates_were_compared_with(opt, expected):
+    bad = {"dense": {"w": jnp.ones((4, 3)), "bias": jnp.zeros(4)}}
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        opt.update(bad, opt.init(PARAMS), PARAMS)

@@ -351,3 +351,78 @@ def test_prints_the_call():
     assert (
         repr(opt) == "inject_hyperparams(adam)(<function lr_schedule>, b1=0.8, b2=0.999, eps=1e-08)"
     )
+
+
+# ----------------------------------------------------------------------------
+# Storage dtypes, value by value, and writing into one node of several.
+
+
+def test_storage_dtypes_follow_the_kind_of_each_value():
+    """A strongly typed array keeps its dtype; weak and Python floats get the float dtype."""
+    opt = inject_hyperparams(gradtx.adam)(
+        learning_rate=jnp.asarray(0.5, jnp.bfloat16),  # strongly typed: kept
+        b1=jnp.asarray(0.5),  # weakly typed: stored as a float
+        b2=np.float64(0.75),  # numpy: stored as a float
+        eps=0.25,
+    )
+    params = make_params(jnp.bfloat16)
+    state = opt.init(params)
+    dtypes = {k: v.dtype for k, v in state.hyperparams.items()}
+    assert dtypes == {
+        "learning_rate": jnp.bfloat16,
+        "b1": jnp.float32,
+        "b2": jnp.float32,
+        "eps": jnp.float32,
+        "eps_root": jnp.float32,
+    }
+    assert not any(v.weak_type for v in state.hyperparams.values())
+    _, new_state = jax.jit(opt.update)(grads_at(params, 0), state, params)
+    assert {k: v.dtype for k, v in new_state.hyperparams.items()} == dtypes
+    assert [float(new_state.hyperparams[k]) for k in ("learning_rate", "b1", "b2", "eps")] == [
+        0.5,
+        0.5,
+        0.75,
+        0.25,
+    ]
+
+
+def test_hyperparam_dtype_applies_to_weak_and_scheduled_values_not_typed_arrays():
+    schedule = schedules.exponential_decay(0.1, transition_steps=1, decay_rate=0.5)
+    opt = inject_hyperparams(gradtx.sgd, hyperparam_dtype=jnp.bfloat16)(
+        learning_rate=schedule, momentum=jnp.asarray(0.5, jnp.float32)
+    )
+    params = make_params()
+    state = opt.init(params)
+    assert state.hyperparams["learning_rate"].dtype == jnp.bfloat16
+    assert state.hyperparams["momentum"].dtype == jnp.float32
+    update = jax.jit(opt.update)
+    grads = grads_at(params, 0)
+    updates, state = update(grads, state, params)
+    # The step used the scheduled value as stored: 0.1 rounded to bfloat16.
+    lr = float(jnp.asarray(0.1, jnp.bfloat16))
+    assert lr != 0.1
+    assert_trees_close(updates, jax.tree.map(lambda g: -lr * g, grads), rtol=1e-6)
+    _, state = update(grads, state, params)
+    assert state.hyperparams["learning_rate"].dtype == jnp.bfloat16
+    assert state.hyperparams["learning_rate"] == jnp.asarray(0.05, jnp.bfloat16)
+    assert state.hyperparams["momentum"].dtype == jnp.float32
+
+
+def test_set_hyperparam_writes_only_the_node_that_holds_the_name():
+    opt = gradtx.chain(
+        inject_hyperparams(gradtx.adam)(1e-3),
+        gradtx.chain(inject_hyperparams(gradtx.sgd)(learning_rate=0.1, momentum=0.9)),
+    )
+    state = opt.init(make_params())
+    new = set_hyperparam(state, "b1", 0.5)
+    assert new[0].hyperparams["b1"] == np.float32(0.5)
+    assert set(new[1][0].hyperparams) == {"learning_rate", "momentum"}
+    new = set_hyperparam(state, "momentum", 0.25)
+    assert new[1][0].hyperparams["momentum"] == np.float32(0.25)
+    assert "momentum" not in new[0].hyperparams
+    assert new[0].hyperparams["b1"] == np.float32(0.9)
+    with pytest.raises(ValueError, match=r"'learning_rate' is held in 2 places"):
+        set_hyperparam(state, "learning_rate", 1e-2)
+    inner = set_hyperparam(state[1], "learning_rate", 0.2)
+    assert inner[0].hyperparams["learning_rate"] == np.float32(0.2)
+    assert state[1][0].hyperparams["learning_rate"] == np.float32(0.1)

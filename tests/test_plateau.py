@@ -69,6 +69,10 @@ CASES = {
     ),
     "max": ([0.1, 0.5, 0.5, 0.5, 0.6, 0.6, 0.6, 0.6, 0.59], dict(patience=2, mode="max")),
     "max_negative": ([-5, -4, -4, -4, -4.5, -4, -3], dict(patience=2, mode="max", factor=0.5)),
+    # mode='max' at its tolerance bar b + (r|b| + a): a value on the bar does not improve.
+    "max_atol": ([1, 1.5, 1.75, 2.25, 2.3], dict(patience=1, mode="max", rtol=0.0, atol=0.5)),
+    "max_rtol": ([4, 5, 5.5, 6.875, 6.9], dict(patience=1, mode="max", rtol=0.25, factor=0.5)),
+    "max_rtol_negative": ([-4, -3, -2.5, -2.2, -1.8], dict(patience=1, mode="max", rtol=0.25)),
     "cooldown": ([3] + [4] * 14, dict(patience=2, cooldown=3, factor=0.5)),
     "min_scale": ([1] * 20, dict(patience=1, factor=0.5, min_scale=0.05)),
     "rtol": ([100, 99.99, 99.98, 99.97, 99.96, 90, 89.99, 89.98], dict(patience=2, rtol=1e-3)),
