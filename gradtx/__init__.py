@@ -8,7 +8,7 @@ optimisers are short chains of them. Structurally compatible with optax.
 from importlib import metadata as _metadata
 
 from gradtx import data, schedules, spec
-from gradtx.accumulation import AccumulateState, accumulate, has_updated
+from gradtx.accumulation import AccumulateState, MultiStepsState, accumulate, has_updated
 from gradtx.adam import (
     ScaleByAdamState,
     ScaleByAmsgradState,
@@ -19,16 +19,22 @@ from gradtx.adam import (
 from gradtx.base import (
     EmptyState,
     GradientTransformation,
+    GradientTransformationExtraArgs,
     OptState,
     Params,
     PyTree,
     ScalarOrSchedule,
     Schedule,
+    TransformInitFn,
+    TransformUpdateExtraArgsFn,
+    TransformUpdateFn,
     Updates,
     apply_updates,
     identity,
+    init_empty_state,
     stateless,
     stateless_with_tree_map,
+    with_extra_args_support,
 )
 from gradtx.checkpoint import LeafSummary, StateSummary, restore_state, state_summary
 from gradtx.clipping import clip, clip_by_global_norm, global_norm
@@ -52,13 +58,18 @@ from gradtx.grouped import Grouped, GroupLayout, group, ungroup
 from gradtx.guards import ApplyIfFiniteState, ZeroNansState, all_finite, apply_if_finite, zero_nans
 from gradtx.hyperparams import (
     InjectHyperparamsState,
+    InjectStatefulHyperparamsState,
+    WrappedSchedule,
+    WrappedScheduleState,
     get_hyperparam,
     inject_hyperparams,
+    inject_stateful_hyperparams,
     set_hyperparam,
 )
 from gradtx.momentum import TraceState, trace
 from gradtx.monitor import MonitorNormsState, monitor_norms
 from gradtx.native import native_status
+from gradtx.numerics import safe_increment, safe_int32_increment
 from gradtx.optimizers import (
     adagrad,
     adam,
@@ -69,10 +80,13 @@ from gradtx.optimizers import (
     rmsprop,
     sgd,
 )
-from gradtx.plateau import ReduceOnPlateauState, reduce_on_plateau
+from gradtx.plateau import ReduceLROnPlateauState, ReduceOnPlateauState, reduce_on_plateau
 from gradtx.rms import (
     ScaleByRmsState,
+    ScaleByRmsWithCountState,
     ScaleByRssState,
+    ScaleByRStdDevState,
+    ScaleByRStdDevWithCountState,
     ScaleByStddevState,
     scale_by_rms,
     scale_by_rss,
@@ -93,7 +107,7 @@ from gradtx.schedules import (
     polynomial_schedule,
     warmup_cosine_decay_schedule,
 )
-from gradtx.weight_decay import AddDecayedWeightsState, add_decayed_weights
+from gradtx.weight_decay import AddDecayedWeightsState, WeightDecaySchedule, add_decayed_weights
 
 try:  # the one version source is pyproject.toml, read from the installed package's metadata
     __version__ = _metadata.version("gradtx")
@@ -112,6 +126,7 @@ __all__ = [
     "group",
     "ungroup",
     "AccumulateState",
+    "MultiStepsState",
     "accumulate",
     "has_updated",
     "data",
@@ -125,11 +140,16 @@ __all__ = [
     "apply_if_finite",
     "zero_nans",
     "InjectHyperparamsState",
+    "InjectStatefulHyperparamsState",
+    "WrappedSchedule",
+    "WrappedScheduleState",
     "get_hyperparam",
     "inject_hyperparams",
+    "inject_stateful_hyperparams",
     "set_hyperparam",
     "MonitorNormsState",
     "monitor_norms",
+    "ReduceLROnPlateauState",
     "ReduceOnPlateauState",
     "reduce_on_plateau",
     "constant_schedule",
@@ -151,6 +171,7 @@ __all__ = [
     "EmaState",
     "EmptyState",
     "GradientTransformation",
+    "GradientTransformationExtraArgs",
     "MaskedNode",
     "MaskedState",
     "OptState",
@@ -161,12 +182,19 @@ __all__ = [
     "ScaleByAdamState",
     "ScaleByAmsgradState",
     "ScaleByRmsState",
+    "ScaleByRmsWithCountState",
     "ScaleByRssState",
+    "ScaleByRStdDevState",
+    "ScaleByRStdDevWithCountState",
     "ScaleByScheduleState",
     "ScaleByStddevState",
     "Schedule",
     "TraceState",
+    "TransformInitFn",
+    "TransformUpdateExtraArgsFn",
+    "TransformUpdateFn",
     "Updates",
+    "WeightDecaySchedule",
     "adagrad",
     "adam",
     "adamw",
@@ -182,6 +210,7 @@ __all__ = [
     "ema",
     "global_norm",
     "identity",
+    "init_empty_state",
     "masked",
     "momentum_ewa",
     "multi_transform",
@@ -189,6 +218,8 @@ __all__ = [
     "named_chain",
     "partition",
     "rmsprop",
+    "safe_increment",
+    "safe_int32_increment",
     "scale",
     "scale_by_adam",
     "scale_by_adam_composed",
@@ -204,4 +235,5 @@ __all__ = [
     "stateless",
     "stateless_with_tree_map",
     "trace",
+    "with_extra_args_support",
 ]

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 from jax.typing import DTypeLike
 
+from gradtx import numerics
 from gradtx.base import (
     GradientTransformation,
     OptState,
@@ -31,24 +32,29 @@ from gradtx.base import (
 from gradtx.checks import canonicalize_dtype, check_int, check_tree_match
 from gradtx.numerics import safe_increment, zero_count
 
-__all__ = ["AccumulateState", "accumulate", "has_updated"]
+__all__ = ["AccumulateState", "MultiStepsState", "accumulate", "has_updated"]
 
 
-class AccumulateState(NamedTuple):
-    """The state of `accumulate`.
+class MultiStepsState(NamedTuple):
+    """The state of `accumulate`: optax's `MultiStepsState`, field for field.
 
     Attributes:
         mini_step: micro-batches accumulated since the last inner step, in $[0, k)$.
         gradient_step: inner steps taken so far (saturates instead of wrapping).
-        inner_state: the wrapped transformation's state, changed only on inner steps.
+        inner_opt_state: the wrapped transformation's state, changed only on inner steps.
         acc_grads: the running mean of this cycle's micro-batch gradients (same tree as
             params, in the accumulator dtype).
+        skip_state: the state of optax's `should_skip_update_fn`; `()` here.
     """
 
     mini_step: Array
     gradient_step: Array
-    inner_state: OptState
+    inner_opt_state: OptState
     acc_grads: Updates
+    skip_state: Any = ()
+
+
+AccumulateState = MultiStepsState  # gradtx's earlier name
 
 
 @factory
@@ -78,7 +84,7 @@ def accumulate(
 
     Returns:
         A transformation that prints as `accumulate(<inner>, every_k=k)`; its state is an
-        `AccumulateState`.
+        `MultiStepsState` (optax's layout; `AccumulateState` is the same class).
 
     Raises:
         TypeError: when `inner` is not a gradient transformation or `every_k` not an int.
@@ -94,11 +100,12 @@ def accumulate(
 
     def init(params: Params) -> AccumulateState:
         acc = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), acc_dtype(p)), params)
-        return AccumulateState(zero_count(), zero_count(), inner.init(params), acc)
+        return MultiStepsState(zero_count(), zero_count(), inner.init(params), acc, ())
 
     def update(
         updates: Updates, state: AccumulateState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, AccumulateState]:
+        updates = numerics.as_arrays(updates)
         check_tree_match(fn, updates, state.acc_grads, "updates", "state.acc_grads")
         n = state.mini_step
 
@@ -127,12 +134,13 @@ def accumulate(
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             return zeros, inner_state, acc
 
-        new_updates, inner_state, acc = lax.cond(emit, step, hold, acc, state.inner_state)
-        new_state = AccumulateState(
+        new_updates, inner_state, acc = lax.cond(emit, step, hold, acc, state.inner_opt_state)
+        new_state = MultiStepsState(
             mini_step=jnp.where(emit, jnp.zeros_like(n), n + 1),
             gradient_step=jnp.where(emit, safe_increment(state.gradient_step), state.gradient_step),
-            inner_state=inner_state,
+            inner_opt_state=inner_state,
             acc_grads=acc,
+            skip_state=state.skip_state,
         )
         return new_updates, new_state
 

@@ -84,11 +84,14 @@ def scale_by_adam(
 
     def init(params):
         return ScaleByAdamState(
-            numerics.zero_count(), zeros_like_tree(params, mu_dt), zeros_like_tree(params, nu_dt)
+            numerics.zero_count(),
+            zeros_like_tree(params, mu_dt, fn=fn, arg="mu_dtype"),
+            zeros_like_tree(params, nu_dt, real=True),
         )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
+        updates = numerics.as_arrays(updates)
         checks.check_tree_match(fn, updates, state.mu)
         count = numerics.safe_increment(state.count)
         c1 = debias_factor(b1, count)
@@ -97,15 +100,16 @@ def scale_by_adam(
 
         def leaf(g, m, v):
             dtype = numerics.compute_dtype(g, m, v)
+            real = numerics.real_dtype(dtype)  # v is real: |g|^2 for complex g
             x = g.astype(dtype)
             m_new = b1 * m.astype(dtype) + (1 - b1) * x
-            v_new = b2 * v.astype(dtype) + (1 - b2) * (x * x)
+            v_new = b2 * v.astype(real) + (1 - b2) * numerics.abs_sq(x)
             if c1_next is not None:  # Nesterov
                 m_hat = b1 * (m_new * c1_next.astype(dtype)) + (1 - b1) * (x * c1.astype(dtype))
             else:
                 m_hat = m_new * c1.astype(dtype)
-            v_hat = v_new * c2.astype(dtype)
-            u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
+            v_hat = v_new * c2.astype(real)
+            u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps).astype(dtype)
             return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
         out, mu, nu = numerics.tree_map_multi(leaf, 3, updates, state.mu, state.nu)
@@ -198,13 +202,14 @@ def scale_by_amsgrad(
     def init(params):
         return ScaleByAmsgradState(
             numerics.zero_count(),
-            zeros_like_tree(params, mu_dt),
-            zeros_like_tree(params),
-            zeros_like_tree(params),
+            zeros_like_tree(params, mu_dt, fn=fn, arg="mu_dtype"),
+            zeros_like_tree(params, real=True),
+            zeros_like_tree(params, real=True),
         )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
+        updates = numerics.as_arrays(updates)
         checks.check_tree_match(fn, updates, state.mu)
         count = numerics.safe_increment(state.count)
         c1 = debias_factor(b1, count)
@@ -212,11 +217,12 @@ def scale_by_amsgrad(
 
         def leaf(g, m, v, v_max):
             dtype = numerics.compute_dtype(g, m, v, v_max)
+            real = numerics.real_dtype(dtype)
             x = g.astype(dtype)
             m_new = b1 * m.astype(dtype) + (1 - b1) * x
-            v_new = b2 * v.astype(dtype) + (1 - b2) * (x * x)
-            v_max_new = jnp.maximum(v_max.astype(dtype), v_new * c2.astype(dtype))
-            u = m_new * c1.astype(dtype) / (jnp.sqrt(v_max_new + eps_root) + eps)
+            v_new = b2 * v.astype(real) + (1 - b2) * numerics.abs_sq(x)
+            v_max_new = jnp.maximum(v_max.astype(real), v_new * c2.astype(real))
+            u = m_new * c1.astype(dtype) / (jnp.sqrt(v_max_new + eps_root) + eps).astype(dtype)
             return (
                 u.astype(g.dtype),
                 m_new.astype(m.dtype),

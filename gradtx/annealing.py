@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from gradtx import numerics
 from gradtx.checks import check_finite, check_int, check_range
 from gradtx.numerics import epochs_since, schedule_float
 from gradtx.spec import recorded
@@ -72,8 +73,8 @@ def _polynomial_schedule(fn, init_value, end_value, power, transition_steps, tra
     check_finite(fn, "init_value", init_value)
     check_finite(fn, "end_value", end_value)
     check_finite(fn, "power", power, 0.0)
-    check_int(fn, "transition_steps", transition_steps, 1)
-    check_int(fn, "transition_begin", transition_begin, 0)
+    transition_steps = check_int(fn, "transition_steps", transition_steps, 1, whole_float=True)
+    transition_begin = check_int(fn, "transition_begin", transition_begin, 0, whole_float=True)
     weight = _polynomial(power)
     return lambda count: _anneal(
         count, init_value, end_value, transition_steps, weight, transition_begin
@@ -164,7 +165,7 @@ def cosine_decay_schedule(
     """
     fn = "cosine_decay_schedule"
     check_finite(fn, "init_value", init_value)
-    check_int(fn, "decay_steps", decay_steps, 1)
+    decay_steps = check_int(fn, "decay_steps", decay_steps, 1, whole_float=True)
     check_range(fn, "alpha", alpha, 0.0, 1.0)
     check_finite(fn, "exponent", exponent, 0.0)
     weight = _cosine(exponent)
@@ -207,8 +208,8 @@ def warmup_cosine_decay_schedule(
     check_finite(fn, "init_value", init_value)
     check_finite(fn, "peak_value", peak_value)
     check_finite(fn, "end_value", end_value)
-    check_int(fn, "warmup_steps", warmup_steps, 0)
-    check_int(fn, "decay_steps", decay_steps, 1)
+    warmup_steps = check_int(fn, "warmup_steps", warmup_steps, 0, whole_float=True)
+    decay_steps = check_int(fn, "decay_steps", decay_steps, 1, whole_float=True)
     if decay_steps <= warmup_steps:
         raise ValueError(
             f"{fn}: decay_steps must exceed warmup_steps={warmup_steps}, got {decay_steps!r}; "
@@ -249,22 +250,24 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
             f"{fn}: boundaries must hold one step fewer than schedules ({len(schedules) - 1}), "
             f"got {len(boundaries)}: {boundaries!r}"
         )
-    for i, b in enumerate(boundaries):
-        check_int(fn, f"boundaries[{i}]", b, 0)
+    boundaries = tuple(
+        check_int(fn, f"boundaries[{i}]", b, 0, whole_float=True) for i, b in enumerate(boundaries)
+    )
     if any(a >= b for a, b in itertools.pairwise(boundaries)):
         raise ValueError(f"{fn}: boundaries must be strictly increasing, got {boundaries!r}")
 
     def schedule(count):
         value = schedules[0](count)
         for boundary, later in zip(boundaries, schedules[1:], strict=True):
-            value = jnp.where(jnp.asarray(count) < boundary, value, later(count - boundary))
+            step = numerics.as_step(count, boundary)
+            value = jnp.where(step < boundary, value, later(step - boundary))
         return value
 
     return schedule
 
 
 def _check_onecycle(fn, transition_steps, peak_value, pct_start, div_factor, final_div_factor):
-    check_int(fn, "transition_steps", transition_steps, 1)
+    transition_steps = check_int(fn, "transition_steps", transition_steps, 1, whole_float=True)
     check_finite(fn, "peak_value", peak_value)
     check_range(fn, "pct_start", pct_start, 0.0, 1.0, high_open=True)
     check_finite(fn, "div_factor", div_factor, 0.0)

@@ -5,10 +5,12 @@ init(params) -> state
 update(updates, state, params=None, **extra_args) -> (new_updates, new_state)
 ```
 
-`GradientTransformation` is a `NamedTuple` of exactly those two fields, so it
-is structurally the same as `optax.GradientTransformation`: a gradtx
-transformation goes wherever optax expects one (`optax.chain`, Flax's
-`TrainState`) and the other way round.
+`GradientTransformation` is a `NamedTuple` of exactly those two fields. When optax is
+installed it is a subclass of `optax.GradientTransformationExtraArgs` (and so of
+`optax.GradientTransformation`): optax's wrappers then forward extra arguments such as
+`value=` to gradtx pieces, and libraries that check `isinstance(tx,
+optax.GradientTransformation)` accept gradtx optimisers. Without optax it is a plain
+two-field NamedTuple and gradtx works alone (optax is not a dependency of gradtx).
 
 Every public factory is declared with `@factory`, which attaches the record of
 the call (`gradtx.spec.Spec`: the factory and its bound arguments). The record
@@ -21,7 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -33,20 +35,24 @@ from gradtx.typing import OptState, Params, PyTree, ScalarOrSchedule, Schedule, 
 __all__ = [
     "EmptyState",
     "GradientTransformation",
+    "GradientTransformationExtraArgs",
     "OptState",
     "Params",
     "PyTree",
     "ScalarOrSchedule",
     "Schedule",
     "TransformInitFn",
+    "TransformUpdateExtraArgsFn",
     "TransformUpdateFn",
     "Updates",
     "apply_updates",
     "as_transformation",
     "factory",
     "identity",
+    "init_empty_state",
     "stateless",
     "stateless_with_tree_map",
+    "with_extra_args_support",
 ]
 
 
@@ -60,19 +66,42 @@ class TransformUpdateFn(Protocol):
     ) -> tuple[Updates, OptState]: ...
 
 
+class TransformUpdateExtraArgsFn(Protocol):
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, OptState]: ...
+
+
 class _Pair(NamedTuple):
     init: TransformInitFn
     update: TransformUpdateFn
 
 
-class GradientTransformation(_Pair):
+def _optax_base() -> type:
+    """`optax.GradientTransformationExtraArgs` when optax is importable, else `_Pair`."""
+    try:
+        import optax
+    except ImportError:
+        return _Pair
+    return optax.GradientTransformationExtraArgs
+
+
+if TYPE_CHECKING:
+    _Base = _Pair
+else:
+    _Base = _optax_base()
+
+
+class GradientTransformation(_Base):
     """A pair of pure functions `(init, update)`, and the record of how it was made.
 
     `init(params)` builds the state (a pytree of arrays, usually a NamedTuple);
     `update(updates, state, params=None, **extra_args)` returns the transformed
     updates and the new state. Both are side-effect free and jittable.
 
-    The tuple has exactly optax's two fields. `spec` is the record of the factory
+    The tuple has exactly optax's two fields (and is an `optax.GradientTransformation`
+    and `optax.GradientTransformationExtraArgs` when optax is installed; attributes can
+    be set on it, as on optax's). `spec` is the record of the factory
     call that made it (None for a pair built by hand); it prints as that call,
     e.g. `chain(scale_by_adam(b1=0.9, ...), scale_by_learning_rate(0.001))`.
     Rebuilding the tuple (`_replace`, JAX's unflattening) drops the record, since
@@ -96,8 +125,22 @@ class GradientTransformation(_Pair):
         return f"GradientTransformation(init={self.init!r}, update={self.update!r})"
 
 
+# Every gradtx transformation's update takes `**extra_args`: optax's name for that kind.
+GradientTransformationExtraArgs = GradientTransformation
+
+
 class EmptyState(NamedTuple):
     """The state of a stateless transformation: an empty pytree."""
+
+
+def init_empty_state(params: Params) -> EmptyState:
+    """The `init` of a stateless transformation: ignores `params`, returns `EmptyState()`.
+
+    Args:
+        params: the parameters (unused).
+    """
+    del params
+    return EmptyState()
 
 
 def factory(fn: Callable[..., GradientTransformation]) -> Callable[..., GradientTransformation]:
@@ -157,6 +200,20 @@ def as_transformation(fn: str, where: str, tx: Any) -> GradientTransformation:
         return update(updates, state, params)
 
     return GradientTransformation(init, update_dropping_extras)
+
+
+def with_extra_args_support(tx: Any) -> GradientTransformation:
+    """`tx` as a transformation whose `update` accepts (and, if `tx` cannot take them,
+    drops) extra keyword arguments; optax's name. A gradtx transformation is returned
+    as it is.
+
+    Args:
+        tx: any object with `init` and `update` (gradtx, optax, hand-made).
+
+    Raises:
+        TypeError: when `tx` has no callable `init`/`update`.
+    """
+    return as_transformation("with_extra_args_support", "tx", tx)
 
 
 # ----------------------------------------------------------------------------
@@ -228,7 +285,9 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
     The sum is taken in the wider of the two dtypes (e.g. float32 updates on
     bfloat16 params are added in float32) and then cast back, so parameters
-    never change dtype and no precision is thrown away before the add.
+    never change dtype and no precision is thrown away before the add. Complex
+    parameters get the complex sum. A `None` parameter stays `None` (its update is not
+    read), as in optax, so trees with static leaves pass through.
 
     Args:
         params: the parameters $\theta$.
@@ -236,14 +295,30 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
     Raises:
         ValueError: when `updates` and `params` differ in structure or shapes.
+        TypeError: when a complex update meets a real parameter (the imaginary part
+            would be dropped).
     """
     checks.check_tree_match("apply_updates", updates, params, "updates", "params")
+    paths = [jax.tree_util.keystr(path) for path, _ in tree_leaves_with_none(params)]
+    leaves_u = [u for _, u in tree_leaves_with_none(updates)]
+    leaves_p, treedef = numerics.flatten(params, is_leaf=lambda x: x is None)
 
-    def add(p, u):
+    def add(path, p, u):
         if p is None:
             return None
         p = jnp.asarray(p)
+        if numerics.is_complex(u) and not numerics.is_complex(p):
+            raise TypeError(
+                f"apply_updates: updates{path} is {jnp.result_type(u)} but params{path} is "
+                f"{p.dtype}: adding would drop the imaginary part; make the parameter complex "
+                "or take the real part of the update explicitly"
+            )
         dtype = numerics.compute_dtype(p, u)
         return (p.astype(dtype) + jnp.asarray(u).astype(dtype)).astype(p.dtype)
 
-    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+    return treedef.unflatten([add(*x) for x in zip(paths, leaves_p, leaves_u)])
+
+
+def tree_leaves_with_none(tree: PyTree) -> list[tuple[Any, Any]]:
+    """`(key path, leaf)` pairs of `tree`, with `None` counted as a leaf."""
+    return jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]

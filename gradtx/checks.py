@@ -141,9 +141,14 @@ def check_scalar_or_schedule(fn: str, name: str, value: Any, *, non_negative: bo
         as_float(fn, name, value)
 
 
-def check_int(fn: str, name: str, value: Any, low: int = 0, *, traced: bool = False) -> Any:
+def check_int(
+    fn: str, name: str, value: Any, low: int = 0, *, traced: bool = False, whole_float: bool = False
+) -> Any:
     """`value` as a Python `int` $\\geq$ `low`: a Python or numpy integer, or a concrete
     integer scalar array.
+
+    With `whole_float=True` (step counts, as optax takes them) an integer-valued float
+    such as `10.0` is accepted too, and `10.5` refused.
 
     With `traced=True` a traced integer (e.g. a hyper-parameter fed by `inject_hyperparams`) is
     returned unchecked; otherwise it is refused, since the value fixes a shape or a loop.
@@ -161,7 +166,16 @@ def check_int(fn: str, name: str, value: Any, low: int = 0, *, traced: bool = Fa
         )
     if isinstance(value, (bool, np.bool_)):
         raise NotAnIntegerError(f"{fn}: {name} must be an integer >= {low}, got {value!r}")
+    if whole_float and isinstance(value, (float, np.floating)):
+        if not float(value).is_integer():
+            raise NotAnIntegerError(
+                f"{fn}: {name} must be a whole number of steps >= {low}, got {value!r}; "
+                f"round it, e.g. {name}=round({value!r})"
+            )
+        value = int(value)
     if isinstance(value, (jax.Array, np.ndarray)) and value.ndim == 0:
+        if whole_float and jnp.issubdtype(value.dtype, jnp.floating):
+            return check_int(fn, name, float(value), low, whole_float=True)
         if not jnp.issubdtype(value.dtype, jnp.integer):
             raise NotAnIntegerError(
                 f"{fn}: {name} must be an integer >= {low}, got {value!r} ({value.dtype})"
@@ -212,16 +226,21 @@ def as_dtype(value: Any) -> np.dtype | None:
     return None
 
 
-def canonicalize_dtype(fn: str, name: str, dtype: Any) -> np.dtype | None:
-    """None, or `dtype` as a floating JAX dtype (float64 follows `jax_enable_x64`)."""
+def canonicalize_dtype(
+    fn: str, name: str, dtype: Any, *, allow_complex: bool = True
+) -> np.dtype | None:
+    """None, or `dtype` as a floating (or, with `allow_complex`, complex) JAX dtype;
+    64-bit ones follow `jax_enable_x64`."""
     if dtype is None:
         return None
     try:
         dt = jnp.dtype(dtype)
     except TypeError as err:
         raise TypeError(f"{fn}: {name} must be a dtype, got {dtype!r}") from err
-    if not jnp.issubdtype(dt, jnp.floating):
+    if not allow_complex and not jnp.issubdtype(dt, jnp.floating):
         raise ValueError(f"{fn}: {name} must be a floating dtype, got {dt.name}")
+    if not jnp.issubdtype(dt, jnp.inexact):
+        raise ValueError(f"{fn}: {name} must be a floating or complex dtype, got {dt.name}")
     return jax.dtypes.canonicalize_dtype(dt)
 
 

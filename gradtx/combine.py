@@ -16,8 +16,9 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
-from gradtx import base
+from gradtx import base, checks, numerics
 from gradtx.base import GradientTransformation, PyTree, factory
 
 
@@ -42,6 +43,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return tuple(t.init(params) for t in txs)
 
     def update(updates, state, params=None, **extra_args):
+        if type(state) is list:  # a tuple restored from a checkpoint as a list
+            state = tuple(state)
         if type(state) is not tuple or len(state) != len(txs):
             got = f"{len(state)} entries" if type(state) is tuple else type(state).__name__
             raise ValueError(
@@ -82,6 +85,14 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
         return {name: t.init(params) for name, t in txs.items()}
 
     def update(updates, state, params=None, **extra_args):
+        if isinstance(state, (list, tuple)) and len(state) == len(txs):
+            state = dict(zip(txs, state))  # restored from a checkpoint as a sequence
+        if not isinstance(state, Mapping) or set(state) != set(txs):
+            raise ValueError(
+                f"named_chain: state must be the dict {{name: state}} made by this chain's "
+                f"init with names {list(txs)}, got {type(state).__name__}"
+                + (f" with names {list(state)}" if isinstance(state, Mapping) else "")
+            )
         new_state = {}
         for name, t in txs.items():
             updates, new_state[name] = t.update(updates, state[name], params, **extra_args)
@@ -138,15 +149,39 @@ class MaskedState(NamedTuple):
     inner_state: PyTree
 
 
+def is_mask_function(mask: Any) -> bool:
+    """Whether `mask` is a function of the params (optax's rule): a pytree whose leaves
+    are all callable, e.g. a plain function. A callable *pytree* with bool leaves (an
+    Equinox module built as a mask) is a mask tree, not a function."""
+    leaves = jax.tree.leaves(mask)
+    return bool(leaves) and all(callable(leaf) for leaf in leaves)
+
+
+def is_params_placeholder(x: Any) -> bool:
+    """Whether `x` is the stand-in for the params that `optax.tree_utils.tree_map_params`
+    passes to `init` (it finds the params' copies in a state that way)."""
+    try:
+        from optax.tree_utils import _state_utils
+    except ImportError:
+        return False
+    return isinstance(x, _state_utils._ParamsPlaceholder)
+
+
 def _resolve_mask(fn: str, mask: Any, tree: PyTree) -> PyTree:
-    mask_tree = mask(tree) if callable(mask) else mask
-    for path, m in jax.tree_util.tree_flatten_with_path(mask_tree)[0]:
-        if not isinstance(m, bool):
-            raise TypeError(
-                f"{fn}: mask{jax.tree_util.keystr(path)} must be a Python bool, got {m!r} "
-                "(a mask is static: it cannot be a traced array)"
-            )
-    return mask_tree
+    mask_tree = mask(tree) if is_mask_function(mask) else mask
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(mask_tree)
+    flags = []
+    for path, m in leaves:
+        if isinstance(m, (bool, np.bool_)) or (
+            isinstance(m, np.ndarray) and m.shape == () and m.dtype == np.bool_
+        ):
+            flags.append(bool(m))
+            continue
+        raise TypeError(
+            f"{fn}: mask{jax.tree_util.keystr(path)} must be a Python or NumPy bool, got "
+            f"{m!r} (a mask is static: it cannot be a traced array)"
+        )
+    return jax.tree_util.tree_unflatten(treedef, flags)
 
 
 def _apply_mask(fn: str, mask_tree: PyTree, tree: PyTree) -> PyTree:
@@ -159,7 +194,12 @@ def _apply_mask(fn: str, mask_tree: PyTree, tree: PyTree) -> PyTree:
 
 
 @factory
-def masked(inner: GradientTransformation, mask: PyTree | Callable[[PyTree], PyTree]):
+def masked(
+    inner: GradientTransformation,
+    mask: PyTree | Callable[[PyTree], PyTree],
+    *,
+    mask_compatible_extra_args: bool = False,
+):
     r"""Applies `inner` only where `mask` is True; other leaves pass through unchanged.
 
     $$u_i = \begin{cases} \text{inner}(g)_i & \text{mask}_i \\ g_i & \text{otherwise}\end{cases}$$
@@ -168,23 +208,38 @@ def masked(inner: GradientTransformation, mask: PyTree | Callable[[PyTree], PyTr
 
     Args:
         inner: the transformation to apply.
-        mask: a tree of Python bools with the params' structure (or a prefix of
-            it), or a function `params -> mask` (called on the updates in
-            `update`, so it must depend on structure and shapes only).
+        mask: a tree of Python or NumPy bools with the params' structure (or a prefix
+            of it), or a function `params -> mask` (called on the updates in `update`,
+            so it must depend on structure and shapes only). As in optax, the mask is a
+            function when its leaves are callable: a callable pytree with bool leaves
+            (e.g. an Equinox module) is a mask tree.
+        mask_compatible_extra_args: also mask the extra keyword arguments of `update`
+            whose tree is the updates' tree (e.g. per-parameter tags), as optax does.
 
     Returns:
         A `GradientTransformation` with state `MaskedState(inner_state)`.
     """
     tx = base.as_transformation("masked", "inner", inner)
+    checks.check_bool("masked", "mask_compatible_extra_args", mask_compatible_extra_args)
 
     def init(params):
+        if is_params_placeholder(params):
+            return MaskedState(tx.init(params))
         mask_tree = _resolve_mask("masked", mask, params)
         return MaskedState(tx.init(_apply_mask("masked", mask_tree, params)))
 
     def update(updates, state, params=None, **extra_args):
         mask_tree = _resolve_mask("masked", mask, updates)
         masked_updates = _apply_mask("masked", mask_tree, updates)
+        if params is not None:
+            params = numerics.prune_like(updates, params)
         masked_params = None if params is None else _apply_mask("masked", mask_tree, params)
+        if mask_compatible_extra_args:
+            structure = numerics.flatten(updates)[1]
+            extra_args = {
+                k: _apply_mask("masked", mask_tree, v) if numerics.flatten(v)[1] == structure else v
+                for k, v in extra_args.items()
+            }
         new, inner_state = tx.update(masked_updates, state.inner_state, masked_params, **extra_args)
         out = jax.tree.map(lambda m, n, g: n if m else g, mask_tree, new, updates)
         return out, MaskedState(inner_state)
@@ -225,7 +280,7 @@ def partition(
     }
 
     def labels_of(tree):
-        labels = param_labels(tree) if callable(param_labels) else param_labels
+        labels = param_labels(tree) if is_mask_function(param_labels) else param_labels
         used = set(jax.tree.leaves(labels))
         missing = used - set(txs)
         if missing:
@@ -239,6 +294,8 @@ def partition(
         return {k: jax.tree.map(lambda lab, k=k: lab == k, labels) for k in txs}
 
     def init(params):
+        if is_params_placeholder(params):  # optax.tree_utils.tree_map_params
+            return PartitionState({k: MaskedState(t.init(params)) for k, t in txs.items()})
         ms = masks(labels_of(params))
         return PartitionState({k: masked(t, ms[k]).init(params) for k, t in txs.items()})
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradtx import base, checks
+from gradtx import base, checks, numerics
 from gradtx.base import GradientTransformation
 
 
@@ -21,8 +21,11 @@ def _leafwise(f) -> GradientTransformation:
 
 @base.factory
 def square() -> GradientTransformation:
-    r"""$u = g^2$ element-wise (the input of an RMS average)."""
-    return _leafwise(lambda g: g * g)
+    r"""$u = |g|^2$ element-wise (the input of an RMS average).
+
+    $g^2$ for real $g$; $g \bar g$ for complex $g$ (real-valued, kept in $g$'s dtype).
+    """
+    return _leafwise(lambda g: numerics.abs_sq(jnp.asarray(g)).astype(jnp.result_type(g)))
 
 
 @base.factory

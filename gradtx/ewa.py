@@ -15,7 +15,7 @@ from gradtx.base import GradientTransformation, PyTree, factory
 
 class EmaState(NamedTuple):
     count: Array  # type: ignore[assignment]  # steps taken, for `debias`
-    mean: PyTree  # same tree as params, in `accumulator_dtype`
+    ema: PyTree  # the average m_t: same tree as params, in `accumulator_dtype`
 
 
 class BiasCorrectionState(NamedTuple):
@@ -23,16 +23,22 @@ class BiasCorrectionState(NamedTuple):
 
 
 def moment_update(decay: float, moment: Array, value: Array, order: int = 1) -> Array:
-    r"""One EWA step $\beta m + (1 - \beta) x^k$ ($k$ = `order`), in the moment's dtype.
+    r"""One EWA step $\beta m + (1 - \beta) x$ (order 1) or $\beta m + (1 - \beta)|x|^2$
+    (order 2), in the moment's dtype.
 
     Computed in float32 or wider (`numerics.compute_dtype`) and stored back in the
     moment's dtype, so float32 moments of bfloat16 gradients get float32
     squares, and a bfloat16 moment meets a float32 `decay` under strict promotion.
+    For complex `value` the first moment is complex and the second $|x|^2 = x \bar x$,
+    real.
     """
     dtype = numerics.compute_dtype(moment, value)
+    x = jnp.asarray(value).astype(dtype)
+    if order == 2:
+        x = numerics.abs_sq(x)
+        dtype = numerics.compute_dtype(moment, x)  # real, unless the moment is complex
     beta = numerics.as_compute(decay, dtype)
-    x = value.astype(dtype)
-    new = beta * moment.astype(dtype) + (1 - beta) * (x if order == 1 else x * x)
+    new = beta * moment.astype(dtype) + (1 - beta) * x.astype(dtype)
     return jnp.asarray(new).astype(moment.dtype)
 
 
@@ -41,9 +47,36 @@ def debias_factor(decay: Any, count: Array) -> Array:
     return 1 / (1 - jnp.asarray(decay, jnp.float32) ** count.astype(jnp.float32))
 
 
-def zeros_like_tree(params: PyTree, dtype: Any = None, fill: Any = 0) -> PyTree:
-    """Arrays shaped like `params`, in `dtype` (or each leaf's dtype), filled with `fill`."""
-    return jax.tree.map(lambda p: jnp.full(jnp.shape(p), fill, dtype or jnp.result_type(p)), params)
+def zeros_like_tree(
+    params: PyTree,
+    dtype: Any = None,
+    fill: Any = 0,
+    *,
+    real: bool = False,
+    fn: str = "",
+    arg: str = "",
+) -> PyTree:
+    """Arrays shaped like `params`, in `dtype` (or each leaf's dtype), filled with `fill`.
+
+    `real=True` is for second moments: a complex leaf's moment is stored in the real
+    dtype of the same width. A real `dtype` for the first moment of a complex leaf
+    would drop its imaginary part: refused, naming `fn` and `arg`.
+    """
+
+    def zeros(p):
+        leaf_dtype = jnp.result_type(p)
+        target = jnp.dtype(dtype) if dtype is not None else leaf_dtype
+        if real:
+            target = numerics.real_dtype(target)
+        elif numerics.is_complex(leaf_dtype) and not numerics.is_complex(target):
+            raise TypeError(
+                f"{fn}: {arg}={target} is real but a parameter is {leaf_dtype}: storing its "
+                f"moment as {target} would drop the imaginary part; pass a complex {arg} "
+                f"(e.g. complex64) or None"
+            )
+        return jnp.full(jnp.shape(p), fill, target)
+
+    return jax.tree.map(zeros, params)
 
 
 @factory
@@ -70,7 +103,7 @@ def ema(
             dtype of the incoming updates.
 
     Returns:
-        A `GradientTransformation` with state `EmaState(count, mean)`.
+        A `GradientTransformation` with state `EmaState(count, ema)` (optax's fields).
 
     Raises:
         ValueError: if `decay` is outside $[0, 1)$.
@@ -80,13 +113,17 @@ def ema(
     dtype = checks.canonicalize_dtype("ema", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return EmaState(numerics.zero_count(), zeros_like_tree(params, dtype))
+        return EmaState(
+            numerics.zero_count(),
+            zeros_like_tree(params, dtype, fn="ema", arg="accumulator_dtype"),
+        )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        checks.check_tree_match("ema", updates, state.mean)
+        updates = numerics.as_arrays(updates)
+        checks.check_tree_match("ema", updates, state.ema)
         count = numerics.safe_increment(state.count)
-        mean = jax.tree.map(lambda m, g: moment_update(decay, m, g), state.mean, updates)
+        mean = jax.tree.map(lambda m, g: moment_update(decay, m, g), state.ema, updates)
         if debias:
             factor = debias_factor(decay, count)
             out = jax.tree.map(

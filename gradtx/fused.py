@@ -49,7 +49,7 @@ import numpy as np
 
 from gradtx import base, checks, native, numerics
 from gradtx.adam import scale_by_adam
-from gradtx.base import GradientTransformation, OptState, Params, Updates
+from gradtx.base import GradientTransformation, OptState, Params, Updates, identity
 from gradtx.combine import chain
 from gradtx.ewa import debias_factor
 from gradtx.momentum import trace
@@ -278,6 +278,7 @@ class _Plan(NamedTuple):
     pieces: tuple[GradientTransformation, ...]
     head_args: Mapping[str, Any]
     attrs: dict
+    tail: int = 0  # trailing `identity()` pieces (rmsprop without momentum): states kept
 
     def step(self, grads, state, params):
         p_leaves, treedef = numerics.flatten(params)
@@ -298,7 +299,8 @@ class _Plan(NamedTuple):
         fields = dict(zip(self.kernel.moments, moments))
         if count is not None:
             fields["count"] = count
-        return new_params, (head._replace(**fields), *rest)
+        kept = tuple(state[len(self.pieces) :])
+        return new_params, (head._replace(**fields), *rest, *kept)
 
     def _scalars(self, state: tuple):
         """The head's new count, the kernel's scalar buffer, the other pieces' new states.
@@ -307,13 +309,15 @@ class _Plan(NamedTuple):
         `scale_by_learning_rate` on 1 gives $-\\alpha_t$, `add_decayed_weights` on 0 with
         $\\theta = 1$ gives $\\lambda_t$, exactly as they scale every leaf.
         """
-        count, factors = None, []
+        count: Any = None
+        factors: list = []
         if self.kernel.factors is not None:
-            count = numerics.safe_increment(state[0].count)
+            if "count" in state[0]._fields:  # the head keeps a step count
+                count = numerics.safe_increment(state[0].count)
             factors = self.kernel.factors(self.head_args, count)
         one, zero = jnp.ones([], jnp.float32), jnp.zeros([], jnp.float32)
         rest, step, decay = [], None, zero
-        for piece, s in zip(self.pieces[1:], state[1:]):
+        for piece, s in zip(self.pieces[1:], state[1 : len(self.pieces)]):
             if len(self.pieces) == 3 and piece is self.pieces[1]:
                 decay, s = piece.update(zero, s, one)
             else:
@@ -337,7 +341,12 @@ def _plan(tx: Any) -> _Plan | None:
     pieces = tuple(spec.arguments["transforms"])
     found = [spec_of(p) for p in pieces]
     specs = [s for s in found if s is not None]
-    if len(pieces) not in (2, 3) or len(specs) != len(pieces):
+    if len(specs) != len(pieces):
+        return None
+    tail = 0
+    while len(specs) > 2 and specs[-1].factory is identity:  # state kept, nothing to do
+        specs, pieces, tail = specs[:-1], pieces[:-1], tail + 1
+    if len(pieces) not in (2, 3):
         return None
     head, *middle, last = specs
     if last.factory is not scale_by_learning_rate:
@@ -356,7 +365,7 @@ def _plan(tx: Any) -> _Plan | None:
             return None
         if kernel.decays:
             attrs["decay"] = bool(middle)
-        return _Plan(kernel, pieces, head.arguments, attrs)
+        return _Plan(kernel, pieces, head.arguments, attrs, tail)
     return None
 
 
@@ -365,7 +374,7 @@ def _why_not_native(tx, grads, state, params) -> str | None:
     plan = _plan(tx)
     if plan is None:
         return f"{tx!r} is not one of adam, adamw, sgd with momentum, rmsprop"
-    if not (isinstance(state, tuple) and len(state) == len(plan.pieces)):
+    if not (isinstance(state, tuple) and len(state) == len(plan.pieces) + plan.tail):
         return "the state was not built by this optimiser's init"
     p_leaves, treedef = numerics.flatten(params)
     try:

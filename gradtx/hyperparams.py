@@ -36,10 +36,56 @@ from gradtx.base import GradientTransformation, PyTree
 from gradtx.spec import Recorded, Spec, _bind, describe, is_transformation
 
 
-class InjectHyperparamsState(NamedTuple):
-    count: Array  # type: ignore[assignment]  # steps taken; schedules are evaluated at this count
+class InjectStatefulHyperparamsState(NamedTuple):
+    """The state of an injected optimiser: optax's `InjectStatefulHyperparamsState`."""
+
+    count: Array  # type: ignore[assignment]  # steps taken
     hyperparams: dict[str, Array]  # name -> value used by the last step (scalars, fixed dtypes)
+    hyperparams_states: dict[str, PyTree]  # name -> its schedule's state
     inner_state: PyTree  # the inner optimiser's state
+
+
+InjectHyperparamsState = InjectStatefulHyperparamsState  # what inject_hyperparams keeps
+
+
+class WrappedScheduleState(NamedTuple):
+    count: Array  # type: ignore[assignment]  # the schedule's own step count
+
+
+class WrappedSchedule:
+    """A `count -> value` schedule as a stateful one: its state is its step count.
+
+    This is how `inject_hyperparams` keeps a plain schedule (optax's layout:
+    `hyperparams_states[name] = WrappedScheduleState(count)`).
+
+    Args:
+        schedule_fn: the `count -> value` schedule.
+    """
+
+    def __init__(self, schedule_fn: Callable[[Array], ArrayLike]):
+        self.schedule_fn = schedule_fn
+
+    def init(self) -> WrappedScheduleState:
+        return WrappedScheduleState(numerics.zero_count())
+
+    def update(self, state: WrappedScheduleState, **extra_args: Any) -> WrappedScheduleState:
+        del extra_args
+        return WrappedScheduleState(numerics.safe_increment(state.count))
+
+    def __call__(self, state: WrappedScheduleState, **extra_args: Any) -> ArrayLike:
+        del extra_args
+        return self.schedule_fn(state.count)
+
+
+def is_stateful_schedule(value: Any) -> bool:
+    """A stateful schedule (optax's `StatefulSchedule` protocol): callable, with callable
+    `init()` and `update(state, **extra_args)`; called as `value(state, **extra_args)`."""
+    return (
+        callable(value)
+        and callable(getattr(value, "init", None))
+        and callable(getattr(value, "update", None))
+        and not is_transformation(value)
+    )
 
 
 def _is_static(value: Any) -> bool:
@@ -81,8 +127,12 @@ def inject_hyperparams(
 
     * static (fixed when the optimiser is built): named in `static_args`, or a
       bool, None, a string, a dtype or a transformation;
-    * a schedule $h(t)$: any other callable. It is evaluated at the wrapper's
-      step count $t$ before each update, and the value used is stored;
+    * a stateful schedule (optax's protocol: `init()`, `update(state, **extra_args)`,
+      called as `h(state, **extra_args)`, e.g. one that reads `value=`); its state is
+      kept in `hyperparams_states`;
+    * a schedule $h(t)$: any other callable. It is evaluated at its own step count $t$
+      (`WrappedScheduleState`, counting with the wrapper's) before each update, and the
+      value used is stored;
     * numeric: a real number or array. It is stored as an array (floats in
       `hyperparam_dtype`, ints as ints) and read back at every update, so
       `set_hyperparam` (or writing `state.hyperparams[name]`) changes it for
@@ -95,11 +145,9 @@ def inject_hyperparams(
 
     Matches `optax.inject_hyperparams` for the same call, with these differences:
 
-    * Schedules are plain `count -> value` functions evaluated at the stored
-      count; nothing else is stored for them, so a hyper-parameter name occurs
-      once in the state and `get_hyperparam(state, "learning_rate")` works
-      whether or not it is scheduled (optax 0.2.8's `optax.tree.get` finds two
-      values then).
+    * `get_hyperparam(state, "learning_rate")` reads the `hyperparams` dict only, so it
+      works whether or not the value is scheduled (optax 0.2.8's `optax.tree.get`
+      finds two values then: the value and the schedule's state of the same name).
     * Floats are stored in float32 by default, or float64 if a parameter is
       float64. optax stores them in the params' widest dtype, so bfloat16
       params get bfloat16 hyper-parameters ($\beta_2 = 0.999$ rounds to 1.0).
@@ -122,7 +170,9 @@ def inject_hyperparams(
 
     Returns:
         A factory with `inner_factory`'s signature, returning a transformation
-        with state `InjectHyperparamsState(count, hyperparams, inner_state)`.
+        with state `InjectStatefulHyperparamsState(count, hyperparams,
+        hyperparams_states, inner_state)` (optax's layout; `InjectHyperparamsState` is
+        the same class).
 
     Raises:
         TypeError: if `inner_factory` is not callable.
@@ -140,7 +190,9 @@ def inject_hyperparams(
             f"{getattr(inner_factory, '__name__', 'inner_factory')}; it takes "
             f"{list(signature.parameters)}"
         )
-    float_dtype = checks.canonicalize_dtype(fn, "hyperparam_dtype", hyperparam_dtype)
+    float_dtype = checks.canonicalize_dtype(
+        fn, "hyperparam_dtype", hyperparam_dtype, allow_complex=False
+    )
     factory_name = describe(inner_factory)
 
     @functools.wraps(inner_factory)
@@ -154,41 +206,50 @@ def inject_hyperparams(
         for name, value in bound.arguments.items():
             if name in static_names or _is_static(value):
                 static[name] = value
-            elif callable(value):
+            elif is_stateful_schedule(value):
                 schedules[name] = value
+            elif callable(value):
+                schedules[name] = WrappedSchedule(value)
             elif _is_numeric(value):
                 numeric[name] = value
             else:
                 static[name] = value
         # Built once here so that bad values raise now, with the factory's own message.
-        at_zero = {k: s(numerics.zero_count()) for k, s in schedules.items()}
+        at_zero = {k: s(s.init()) for k, s in schedules.items()}
         inner_factory(**static, **numeric, **at_zero)
 
-        def values_at(count, stored):
-            values = {k: stored[k] for k in numeric}
-            for k, schedule in schedules.items():
-                values[k] = jnp.asarray(schedule(count)).astype(stored[k].dtype)
-            return values
-
         def init(params):
-            dtype = float_dtype or numerics.compute_dtype(*jax.tree.leaves(params))
-            count = numerics.zero_count()
+            leaves = [x for x in jax.tree.leaves(params) if not numerics.is_complex(x)]
+            dtype = float_dtype or numerics.compute_dtype(*leaves)
+            schedule_states = {k: s.init() for k, s in schedules.items()}
             hyperparams = {k: _stored(v, dtype) for k, v in numeric.items()}
             hyperparams.update(
-                {k: _stored(s(count), dtype, keep_typed=False) for k, s in schedules.items()}
+                {
+                    k: _stored(s(schedule_states[k]), dtype, keep_typed=False)
+                    for k, s in schedules.items()
+                }
             )
             inner = inner_factory(**static, **hyperparams)
-            return InjectHyperparamsState(count, hyperparams, inner.init(params))
+            return InjectStatefulHyperparamsState(
+                numerics.zero_count(), hyperparams, schedule_states, inner.init(params)
+            )
 
         def update(updates, state, params=None, **extra_args):
             stored = {k: _stored(v, jnp.result_type(v)) for k, v in state.hyperparams.items()}
-            hyperparams = values_at(state.count, stored)
+            hyperparams = {k: stored[k] for k in numeric}
+            schedule_states = dict(state.hyperparams_states)
+            for k, schedule in schedules.items():
+                value = schedule(schedule_states[k], **extra_args)
+                hyperparams[k] = jnp.asarray(value).astype(stored[k].dtype)
+                schedule_states[k] = schedule.update(schedule_states[k], **extra_args)
             inner = base.as_transformation(
                 fn, f"{factory_name}(...)", inner_factory(**static, **hyperparams)
             )
             updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
             count = numerics.safe_increment(state.count)
-            return updates, InjectHyperparamsState(count, hyperparams, inner_state)
+            return updates, InjectStatefulHyperparamsState(
+                count, hyperparams, schedule_states, inner_state
+            )
 
         return GradientTransformation(
             init, update, Spec(made, _bind(make, signature, args, kwargs))
@@ -211,6 +272,21 @@ _SIGNATURE = inspect.signature(inject_hyperparams)
 
 # ----------------------------------------------------------------------------
 # Reading and writing hyper-parameters in a (possibly nested) state.
+
+
+def inject_stateful_hyperparams(
+    inner_factory: Callable[..., GradientTransformation],
+    static_args: str | Iterable[str] = (),
+    hyperparam_dtype: DTypeLike | None = None,
+) -> Callable[..., GradientTransformation]:
+    """optax's older name for `inject_hyperparams`, which takes stateful schedules too.
+
+    Args:
+        inner_factory: a function returning a transformation, e.g. `gradtx.adam`.
+        static_args: names of `inner_factory`'s arguments to keep static.
+        hyperparam_dtype: floating dtype for the stored float hyper-parameters.
+    """
+    return inject_hyperparams(inner_factory, static_args, hyperparam_dtype)
 
 
 def _is_node(x: Any) -> bool:

@@ -57,10 +57,11 @@ def trace(
     dtype = checks.canonicalize_dtype("trace", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return TraceState(zeros_like_tree(params, dtype))
+        return TraceState(zeros_like_tree(params, dtype, fn="trace", arg="accumulator_dtype"))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
+        updates = numerics.as_arrays(updates)
         checks.check_tree_match("trace", updates, state.trace)
 
         def leaf(g, v):

@@ -18,10 +18,40 @@ from jax.typing import ArrayLike
 from gradtx.typing import PyTree, ScalarOrSchedule
 
 
-def safe_increment(count: jax.Array) -> jax.Array:
-    """`count + 1`, saturating at the dtype's maximum instead of wrapping around."""
-    max_value = jnp.iinfo(count.dtype).max
+def safe_increment(count: ArrayLike) -> jax.Array:
+    """`count + 1`, saturating at the dtype's maximum instead of wrapping around.
+
+    Integer counts stop at their dtype's maximum, float counts (optax allows them) at
+    their dtype's largest finite value. optax's name, same behaviour.
+
+    Args:
+        count: the step counter, a scalar integer or float array.
+    """
+    count = jnp.asarray(count)
+    max_value: Any
+    if jnp.issubdtype(count.dtype, jnp.integer):
+        max_value = jnp.iinfo(count.dtype).max
+    else:
+        max_value = jnp.finfo(count.dtype).max
     return jnp.where(count < max_value, count + 1, max_value).astype(count.dtype)
+
+
+def safe_int32_increment(count: ArrayLike) -> jax.Array:
+    """`safe_increment` for an int32 counter (optax's older name for it).
+
+    Args:
+        count: an int32 scalar.
+
+    Raises:
+        TypeError: when `count` is not int32.
+    """
+    count = jnp.asarray(count)
+    if count.dtype != jnp.int32:
+        raise TypeError(
+            f"safe_int32_increment: count must be int32, got {count.dtype}; use "
+            "safe_increment for other dtypes"
+        )
+    return safe_increment(count)
 
 
 def zero_count() -> jax.Array:
@@ -35,13 +65,39 @@ def evaluate(value: ScalarOrSchedule, count: jax.Array) -> ArrayLike:
 
 
 def compute_dtype(*arrays: ArrayLike) -> np.dtype:
-    """float64 if any input is float64, else float32: the dtype update math runs in.
+    """The dtype update math runs in: float32, float64 if any input is 64-bit, and the
+    complex dtype of that width if any input is complex.
 
     Explicit, so it works under strict dtype promotion, where bfloat16 and
     float32 have no implicit common type.
     """
-    wide = any(jnp.result_type(x) == jnp.float64 for x in arrays)
+    dtypes = [jnp.result_type(x) for x in arrays]
+    wide = any(d in (jnp.float64, jnp.complex128) for d in dtypes)
+    if any(jnp.issubdtype(d, jnp.complexfloating) for d in dtypes):
+        return jnp.dtype(jnp.complex128 if wide else jnp.complex64)
     return jnp.dtype(jnp.float64 if wide else jnp.float32)
+
+
+def is_complex(x: Any) -> bool:
+    """Whether `x` (an array or a dtype) is complex."""
+    dtype = x if isinstance(x, np.dtype) else jnp.result_type(x)
+    return bool(jnp.issubdtype(dtype, jnp.complexfloating))
+
+
+def real_dtype(dtype: Any) -> np.dtype:
+    """The real dtype of the same width: float32 for complex64, a real dtype unchanged.
+
+    Second moments are real ($|g|^2$) and are stored in it.
+    """
+    dtype = jnp.dtype(dtype)
+    return jnp.finfo(dtype).dtype if is_complex(dtype) else dtype
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    r"""$|x|^2$: `x * x` for real `x`, $(x \bar x)$'s real part for complex `x` (real dtype)."""
+    if is_complex(x):
+        return (x * jnp.conj(x)).real
+    return x * x
 
 
 def as_compute(value: ArrayLike, dtype: Any) -> ArrayLike:
@@ -67,9 +123,26 @@ def scale_leaf(u: ArrayLike, s: ArrayLike) -> jax.Array:
     return (u.astype(dtype) * jnp.asarray(s).astype(dtype)).astype(u.dtype)
 
 
-def flatten(tree: PyTree) -> tuple[list[Any], Any]:
+def as_arrays(tree: PyTree) -> PyTree:
+    """`tree` with Python-number leaves as arrays (optax's pieces accept them)."""
+    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
+
+
+def prune_like(updates: PyTree, params: PyTree) -> PyTree:
+    """`params` with `None` wherever `updates` has `None`, as optax's pieces read them.
+
+    A `None` update (e.g. the gradient of an Equinox model's static leaf) passes
+    through untouched and its parameter is never read, so a whole model with
+    non-array leaves can be passed as `params`.
+    """
+    return jax.tree.map(
+        lambda u, p: None if u is None else p, updates, params, is_leaf=lambda x: x is None
+    )
+
+
+def flatten(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> tuple[list[Any], Any]:
     """`jax.tree.flatten(tree)`, its treedef typed `Any` (jaxlib ships no stubs for it)."""
-    return jax.tree.flatten(tree)
+    return jax.tree.flatten(tree, is_leaf=is_leaf)
 
 
 def tree_map_multi(fn: Callable[..., tuple], num_outputs: int, tree: PyTree, *rest: PyTree):
@@ -90,11 +163,34 @@ def schedule_float(x: ArrayLike) -> jax.Array:
     return jnp.asarray(x, jnp.result_type(float))
 
 
+_INT32_LIMIT = 2**31 - 1
+
+
+def as_step(count: ArrayLike, *steps: Any) -> jax.Array:
+    """A step count as an array, ready to meet the step numbers `steps` (Python ints).
+
+    Counts and step numbers past int32's range (schedules over more than 2**31 steps)
+    are taken as floats, so nothing overflows; otherwise the count keeps its dtype.
+    """
+    big = any(
+        isinstance(x, numbers.Integral) and abs(int(x)) > _INT32_LIMIT for x in (count, *steps)
+    )
+    if big:
+        return jnp.asarray(float(count) if isinstance(count, numbers.Number) else count).astype(
+            jnp.result_type(float)
+        )
+    return jnp.asarray(count)
+
+
 def epochs_since(
     count: ArrayLike, steps: int = 1, begin: int = 0, staircase: bool = False
 ) -> jax.Array:
     r"""$e = \max(t - B, 0) / T$ as a float, $\lfloor e \rfloor$ when `staircase`."""
-    whole, part = jnp.divmod(jnp.maximum(jnp.asarray(count), begin) - begin, steps)
+    count = as_step(count, steps, begin)
+    if not jnp.issubdtype(count.dtype, jnp.integer):  # float counts: float math
+        e = jnp.maximum(count - float(begin), 0) / float(steps)
+        return jnp.floor(e) if staircase else e
+    whole, part = jnp.divmod(jnp.maximum(count, begin) - begin, steps)
     return (
         schedule_float(whole) if staircase else schedule_float(whole) + schedule_float(part) / steps
     )

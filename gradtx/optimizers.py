@@ -12,7 +12,7 @@ from jax.typing import DTypeLike
 
 from gradtx import checks
 from gradtx.adam import scale_by_adam, scale_by_amsgrad
-from gradtx.base import GradientTransformation, PyTree, ScalarOrSchedule
+from gradtx.base import GradientTransformation, PyTree, ScalarOrSchedule, identity
 from gradtx.combine import chain
 from gradtx.ewa import bias_correction, ema
 from gradtx.momentum import trace
@@ -38,8 +38,8 @@ def sgd(
     $v \leftarrow \beta v + g,\ W \leftarrow W - \alpha v$ (see `trace`; for the
     course's EWA form use `momentum_ewa`).
 
-    `chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))`, or just
-    `scale_by_learning_rate(learning_rate)` without momentum.
+    `chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))`, with
+    `identity()` in place of `trace` without momentum (optax's state layout).
 
     Args:
         learning_rate: $\alpha$, a constant $\geq 0$ or a `count -> value` schedule.
@@ -52,7 +52,7 @@ def sgd(
             raise ValueError(
                 "sgd: nesterov=True needs a momentum, got momentum=None; pass e.g. momentum=0.9"
             )
-        return _lr("sgd", learning_rate)
+        return chain(identity(), _lr("sgd", learning_rate))
     return chain(trace(momentum, nesterov, accumulator_dtype), _lr("sgd", learning_rate))
 
 
@@ -97,9 +97,10 @@ def rmsprop(
 ) -> GradientTransformation:
     r"""RMSprop (IDEAS §5): $W \leftarrow W - \alpha\, g / \sqrt{S + \epsilon}$.
 
-    `chain(scale_by_rms(...), scale_by_learning_rate(learning_rate), [trace(momentum,
-    nesterov)])`, with `scale_by_stddev` in place of `scale_by_rms` when `centered`;
-    momentum is applied after the rate, as in optax.
+    `chain(scale_by_rms(...), scale_by_learning_rate(learning_rate), trace(momentum,
+    nesterov))`, with `scale_by_stddev` in place of `scale_by_rms` when `centered` and
+    `identity()` in place of `trace` without momentum; momentum is applied after the
+    rate, and the state has optax's layout.
 
     Args:
         learning_rate: $\alpha$, a constant $\geq 0$ or a `count -> value` schedule.
@@ -126,6 +127,8 @@ def rmsprop(
         raise ValueError(
             "rmsprop: nesterov=True needs a momentum, got momentum=None; pass e.g. momentum=0.9"
         )
+    else:
+        pieces.append(identity())
     return chain(*pieces)
 
 

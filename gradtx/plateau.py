@@ -28,13 +28,16 @@ from gradtx import checks, numerics
 from gradtx.base import GradientTransformation, factory
 
 
-class ReduceOnPlateauState(NamedTuple):
+class ReduceOnPlateauState(NamedTuple):  # optax.contrib.ReduceLROnPlateauState
     scale: Array  # s, the factor applied to the updates
     best_value: Array  # best (accumulated) metric so far
     plateau_count: Array  # decisions in a row without improvement
     cooldown_count: Array  # decisions left before counting plateaus again
     count: Array  # type: ignore[assignment]  # values accumulated towards the next decision
     avg_value: Array  # mean of those values
+
+
+ReduceLROnPlateauState = ReduceOnPlateauState  # optax.contrib's name
 
 
 @factory

@@ -14,15 +14,28 @@ from gradtx.base import GradientTransformation, PyTree, factory
 from gradtx.ewa import debias_factor, moment_update, zeros_like_tree
 
 
+# optax's layouts: the step count is kept only when `bias_correction` needs it.
 class ScaleByRmsState(NamedTuple):
-    count: Array  # type: ignore[assignment]  # steps taken, for `bias_correction`
-    nu: PyTree  # EWA of squared updates
+    nu: PyTree  # EWA of squared updates (real, also for complex params)
 
 
-class ScaleByStddevState(NamedTuple):
+class ScaleByRmsWithCountState(NamedTuple):
     count: Array  # type: ignore[assignment]  # steps taken, for `bias_correction`
+    nu: PyTree
+
+
+class ScaleByRStdDevState(NamedTuple):
     mu: PyTree  # EWA of updates
     nu: PyTree  # EWA of squared updates
+
+
+class ScaleByRStdDevWithCountState(NamedTuple):
+    count: Array  # type: ignore[assignment]  # steps taken, for `bias_correction`
+    mu: PyTree
+    nu: PyTree
+
+
+ScaleByStddevState = ScaleByRStdDevState  # gradtx's earlier name
 
 
 class ScaleByRssState(NamedTuple):
@@ -56,18 +69,25 @@ def _rms_scaling(
     checks.check_bool(fn, "bias_correction", bias_correction)
     dtype = checks.canonicalize_dtype(fn, "accumulator_dtype", accumulator_dtype)
 
-    def init(params):
-        nu = zeros_like_tree(params, dtype, fill=initial_scale)
+    def make_state(count, mu, nu):
         if centered:
-            return ScaleByStddevState(numerics.zero_count(), zeros_like_tree(params, dtype), nu)
-        return ScaleByRmsState(numerics.zero_count(), nu)
+            if bias_correction:
+                return ScaleByRStdDevWithCountState(count, mu, nu)
+            return ScaleByRStdDevState(mu, nu)
+        return ScaleByRmsWithCountState(count, nu) if bias_correction else ScaleByRmsState(nu)
+
+    def init(params):
+        nu = zeros_like_tree(params, dtype, fill=initial_scale, real=True)
+        mu = zeros_like_tree(params, dtype, fn=fn, arg="accumulator_dtype") if centered else None
+        return make_state(numerics.zero_count(), mu, nu)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        checks.check_tree_match(fn, updates, state.nu)
-        count = numerics.safe_increment(state.count)
-        nu = jax.tree.map(lambda s, g: moment_update(decay, s, g, order=2), state.nu, updates)
-        factor = debias_factor(decay, count) if bias_correction else None
+        updates, old = numerics.as_arrays(updates), state
+        checks.check_tree_match(fn, updates, old.nu)
+        count = numerics.safe_increment(old.count) if bias_correction else None
+        nu = jax.tree.map(lambda s, g: moment_update(decay, s, g, order=2), old.nu, updates)
+        factor = debias_factor(decay, count) if count is not None else None
 
         def debiased(x):
             return x if factor is None else numerics.scale_leaf(x, factor)
@@ -77,16 +97,16 @@ def _rms_scaling(
             def scaled(g, s):
                 return numerics.scale_leaf(g, _inverse_root(debiased(s), eps, eps_in_sqrt))
 
-            return jax.tree.map(scaled, updates, nu), ScaleByRmsState(count, nu)
+            return jax.tree.map(scaled, updates, nu), make_state(count, None, nu)
 
-        mu = jax.tree.map(lambda m, g: moment_update(decay, m, g), state.mu, updates)
+        mu = jax.tree.map(lambda m, g: moment_update(decay, m, g), old.mu, updates)
 
         def centred(g, m, s):
             m, s = debiased(m), debiased(s)
-            variance = jnp.maximum(s - m * m, 0)
+            variance = jnp.maximum(s - numerics.abs_sq(m), 0)
             return numerics.scale_leaf(g, _inverse_root(variance, eps, eps_in_sqrt))
 
-        return jax.tree.map(centred, updates, mu, nu), ScaleByStddevState(count, mu, nu)
+        return jax.tree.map(centred, updates, mu, nu), make_state(count, mu, nu)
 
     return GradientTransformation(init, update)
 
@@ -122,7 +142,8 @@ def scale_by_rms(
             params); None keeps each parameter's dtype. gradtx only.
 
     Returns:
-        A `GradientTransformation` with state `ScaleByRmsState(count, nu)`.
+        A `GradientTransformation` with state `ScaleByRmsState(nu)`, or
+        `ScaleByRmsWithCountState(count, nu)` with `bias_correction` (optax's layouts).
 
     Raises:
         ValueError: for `decay` outside $[0, 1)$ or negative `eps`/`initial_scale`.
@@ -167,7 +188,8 @@ def scale_by_stddev(
         accumulator_dtype: storage dtype of $m$ and $S$; None keeps each parameter's dtype.
 
     Returns:
-        A `GradientTransformation` with state `ScaleByStddevState(count, mu, nu)`.
+        A `GradientTransformation` with state `ScaleByRStdDevState(mu, nu)`, or
+        `ScaleByRStdDevWithCountState(count, mu, nu)` with `bias_correction` (optax's).
 
     Raises:
         ValueError: for `decay` outside $[0, 1)$ or negative `eps`/`initial_scale`.
@@ -214,19 +236,21 @@ def scale_by_rss(
     dtype = checks.canonicalize_dtype("scale_by_rss", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return ScaleByRssState(zeros_like_tree(params, dtype, fill=initial_accumulator_value))
+        return ScaleByRssState(
+            zeros_like_tree(params, dtype, fill=initial_accumulator_value, real=True)
+        )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
+        updates = numerics.as_arrays(updates)
         checks.check_tree_match("scale_by_rss", updates, state.sum_of_squares)
-        total = jax.tree.map(
-            lambda s, g: (
-                s.astype(numerics.compute_dtype(s, g))
-                + jnp.square(g.astype(numerics.compute_dtype(s, g)))
-            ).astype(s.dtype),
-            state.sum_of_squares,
-            updates,
-        )
+
+        def accumulate(s, g):
+            dtype = numerics.compute_dtype(s, g)
+            square = numerics.abs_sq(g.astype(dtype))
+            return (s.astype(square.dtype) + square).astype(s.dtype)
+
+        total = jax.tree.map(accumulate, state.sum_of_squares, updates)
 
         def scaled(g, s):
             s = s.astype(numerics.compute_dtype(s))

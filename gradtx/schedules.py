@@ -31,6 +31,7 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from gradtx import numerics
 from gradtx.annealing import (
     cosine_decay_schedule,
     cosine_onecycle_schedule,
@@ -40,7 +41,7 @@ from gradtx.annealing import (
     polynomial_schedule,
     warmup_cosine_decay_schedule,
 )
-from gradtx.checks import as_float, check_bool, check_finite, check_int
+from gradtx.checks import check_bool, check_finite, check_int
 from gradtx.numerics import epochs_since, schedule_float
 from gradtx.spec import recorded
 from gradtx.typing import Schedule
@@ -110,7 +111,8 @@ def exponential_decay(
     Args:
         init_value: $\alpha_0$.
         transition_steps: $T > 0$, steps per transition (e.g. mini-batches per epoch).
-        decay_rate: $\rho > 0$; $\rho > 1$ grows and then needs `end_value` as its cap.
+        decay_rate: $\rho > 0$; $\rho > 1$ grows (e.g. a learning-rate range test), without
+            bound unless `end_value` caps it (it overflows to inf eventually).
         transition_begin: $B \ge 0$; the value is held at $\alpha_0$ for the first $B$ steps.
         staircase: decay once per transition rather than continuously.
         end_value: lower bound when $\rho < 1$, upper bound otherwise; `None` for none.
@@ -119,22 +121,16 @@ def exponential_decay(
         A schedule `count -> value`.
 
     Raises:
-        ValueError, TypeError: for a bad argument, including $\rho > 1$ without `end_value`
-            (the value would overflow to inf).
+        ValueError, TypeError: for a bad argument.
     """
     fn = "exponential_decay"
     check_finite(fn, "init_value", init_value)
-    check_int(fn, "transition_steps", transition_steps, 1)
+    transition_steps = check_int(fn, "transition_steps", transition_steps, 1, whole_float=True)
     check_finite(fn, "decay_rate", decay_rate, 0.0, hint="for a constant use constant_schedule")
-    check_int(fn, "transition_begin", transition_begin, 0)
+    transition_begin = check_int(fn, "transition_begin", transition_begin, 0, whole_float=True)
     check_bool(fn, "staircase", staircase)
     if end_value is not None:
         check_finite(fn, "end_value", end_value)
-    elif (rate := as_float(fn, "decay_rate", decay_rate)) is not None and rate > 1:
-        raise ValueError(
-            f"{fn}: decay_rate > 1 grows without bound, got {decay_rate!r}; pass end_value "
-            "as the upper bound"
-        )
 
     def schedule(count):
         rate = schedule_float(decay_rate)
@@ -176,7 +172,7 @@ def inverse_time_decay(
     fn = "inverse_time_decay"
     check_finite(fn, "init_value", init_value)
     check_finite(fn, "decay_rate", decay_rate, 0.0, low_open=False)
-    check_int(fn, "transition_steps", transition_steps, 1)
+    transition_steps = check_int(fn, "transition_steps", transition_steps, 1, whole_float=True)
     check_bool(fn, "staircase", staircase)
 
     def schedule(count):
@@ -214,7 +210,7 @@ def inverse_sqrt_decay(
     fn = "inverse_sqrt_decay"
     check_finite(fn, "init_value", init_value)
     check_finite(fn, "k", k, 0.0)
-    check_int(fn, "transition_steps", transition_steps, 1)
+    transition_steps = check_int(fn, "transition_steps", transition_steps, 1, whole_float=True)
     check_bool(fn, "staircase", staircase)
 
     def schedule(count):
@@ -256,15 +252,19 @@ def piecewise_constant_schedule(
             f"{fn}: boundaries_and_scales must be a dict {{step: scale}} or None, "
             f"got {type(boundaries_and_scales).__name__}"
         )
+    steps = []
     for boundary, scale in boundaries_and_scales.items():
-        check_int(fn, "boundaries_and_scales key", boundary, 0)
         check_finite(fn, f"boundaries_and_scales[{boundary!r}]", scale, 0.0, low_open=False)
-    steps = sorted(boundaries_and_scales.items())
+        steps.append(
+            (check_int(fn, "boundaries_and_scales key", boundary, 0, whole_float=True), scale)
+        )
+    steps.sort()
 
     def schedule(count):
         value = jnp.full(jnp.shape(count), init_value, jnp.result_type(float))
         for boundary, scale in steps:
-            value = jnp.where(jnp.asarray(count) >= boundary, value * schedule_float(scale), value)
+            step = numerics.as_step(count, boundary)
+            value = jnp.where(step >= boundary, value * schedule_float(scale), value)
         return value
 
     return schedule

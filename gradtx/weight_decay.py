@@ -6,14 +6,19 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax import Array
 
 from gradtx import checks, numerics
-from gradtx.base import GradientTransformation, PyTree, ScalarOrSchedule, factory
+from gradtx.base import EmptyState, GradientTransformation, PyTree, ScalarOrSchedule, factory
 
 
-class AddDecayedWeightsState(NamedTuple):
+class WeightDecaySchedule(NamedTuple):
     count: Array  # type: ignore[assignment]  # steps taken, for a scheduled `weight_decay`
+
+
+# optax's names: a constant decay keeps no state, a scheduled one its step count.
+AddDecayedWeightsState = EmptyState
 
 
 @factory
@@ -36,10 +41,11 @@ def add_decayed_weights(
         TypeError: in `update`, when `params` is not passed.
     """
     checks.check_scalar_or_schedule("add_decayed_weights", "weight_decay", weight_decay)
+    scheduled = callable(weight_decay)
 
     def init(params):
         del params
-        return AddDecayedWeightsState(numerics.zero_count())
+        return WeightDecaySchedule(numerics.zero_count()) if scheduled else EmptyState()
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
@@ -47,12 +53,20 @@ def add_decayed_weights(
             raise checks.missing_argument(
                 "add_decayed_weights", "params", "opt.update(grads, state, params)"
             )
+        params = numerics.prune_like(updates, params)
         checks.check_tree_match("add_decayed_weights", updates, params, "updates", "params")
-        wd = numerics.evaluate(weight_decay, state.count)
-        out = jax.tree.map(
-            lambda g, p: g + numerics.scale_leaf(p, wd).astype(g.dtype), updates, params
-        )
-        return out, AddDecayedWeightsState(numerics.safe_increment(state.count))
+        wd = numerics.evaluate(weight_decay, state.count if scheduled else numerics.zero_count())
+
+        def leaf(g, p):
+            if g is None:
+                return None
+            g = jnp.asarray(g)
+            return g + numerics.scale_leaf(p, wd).astype(g.dtype)
+
+        out = jax.tree.map(leaf, updates, params, is_leaf=lambda x: x is None)
+        if scheduled:
+            return out, WeightDecaySchedule(numerics.safe_increment(state.count))
+        return out, state
 
     tx = GradientTransformation(init, update)
     if mask is None:

@@ -87,7 +87,7 @@ def test_k_micro_batches_equal_one_step_on_the_concatenated_batch(inner_name):
             p_big = apply_updates(p_big, updates)
             assert bool(has_updated(s_acc))
             _assert_trees_close(p_acc, p_big)
-    _assert_trees_close(s_acc.inner_state, s_big)
+    _assert_trees_close(s_acc.inner_opt_state, s_big)
     assert int(s_acc.gradient_step) == 3 and int(s_acc.mini_step) == 0
 
 
@@ -109,7 +109,7 @@ def test_parity_with_optax_multisteps(make_inner):
             assert int(s1.gradient_step) == int(s2.gradient_step)
             assert bool(has_updated(s1)) == bool(theirs.has_updated(s2))
             _assert_trees_close(s1.acc_grads, s2.acc_grads)
-            _assert_trees_close(s1.inner_state, s2.inner_opt_state)
+            _assert_trees_close(s1.inner_opt_state, s2.inner_opt_state)
     _assert_trees_close(p1, p2)
 
 
@@ -123,7 +123,7 @@ def test_between_steps_emits_zeros_and_keeps_the_inner_state():
         out, state = update(g, state, params)
         assert all(float(jnp.abs(leaf).max()) == 0.0 for leaf in jax.tree.leaves(out))
         assert not bool(has_updated(state)) and int(state.mini_step) == i + 1
-        assert all(float(jnp.abs(t).max()) == 0.0 for t in jax.tree.leaves(state.inner_state))
+        assert all(float(jnp.abs(t).max()) == 0.0 for t in jax.tree.leaves(state.inner_opt_state))
     np.testing.assert_allclose(state.acc_grads["a"], 1.5)  # mean of 1 and 2
     out, state = update(grads[2], state, params)
     np.testing.assert_allclose(out["a"], -2.0)  # -lr * mean(1, 2, 3)
@@ -197,7 +197,7 @@ def test_errors():
         accumulate(_sgd(0.1), True)
     with pytest.raises(TypeError, match="accumulate: inner must be a gradient transformation"):
         accumulate(lambda g: g, 2)
-    with pytest.raises(ValueError, match="accumulate: accumulator_dtype must be a floating dtype"):
+    with pytest.raises(ValueError, match="accumulate: accumulator_dtype must be a floating or complex dtype"):
         accumulate(_sgd(0.1), 2, accumulator_dtype=jnp.int32)
     acc = accumulate(_sgd(0.1), 2)
     state = acc.init({"w": jnp.ones((3,)), "b": jnp.ones((2,))})

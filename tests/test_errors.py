@@ -67,7 +67,7 @@ NAMED_CHECKS = [
     (
         lambda: gradtx.scale_by_rms(accumulator_dtype=jnp.int8),
         ValueError,
-        "scale_by_rms: accumulator_dtype must be a floating dtype, got int8",
+        "scale_by_rms: accumulator_dtype must be a floating or complex dtype, got int8",
     ),
     (lambda: gradtx.scale_by_stddev(eps=-1.0), ValueError, "scale_by_stddev: eps must be in [0"),
     (
@@ -84,7 +84,7 @@ NAMED_CHECKS = [
     (
         lambda: gradtx.scale_by_rss(accumulator_dtype=jnp.int32),
         ValueError,
-        "scale_by_rss: accumulator_dtype must be a floating dtype",
+        "scale_by_rss: accumulator_dtype must be a floating or complex dtype",
     ),
     (lambda: gradtx.scale_by_adam(eps=-1.0), ValueError, "scale_by_adam: eps must be in [0, inf]"),
     (lambda: gradtx.scale_by_adam(nesterov=1), TypeError, "scale_by_adam: nesterov must be True"),
@@ -94,7 +94,7 @@ NAMED_CHECKS = [
     (
         lambda: gradtx.scale_by_amsgrad(mu_dtype=jnp.int32),
         ValueError,
-        "scale_by_amsgrad: mu_dtype must be a floating dtype",
+        "scale_by_amsgrad: mu_dtype must be a floating or complex dtype",
     ),
     (lambda: gradtx.scale("x"), TypeError, "scale: step_size must be a real number"),
     (

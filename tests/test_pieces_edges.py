@@ -152,7 +152,7 @@ def test_ema_debias_is_off_by_default_and_on_when_asked():
     np.testing.assert_allclose(got, np.stack(plain), rtol=1e-5, atol=1e-7)
     got, state = run(gradtx.ema(beta, debias=True), SEQ)
     np.testing.assert_allclose(got, np.stack(debiased), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(state.mean, m, rtol=1e-5)  # stores m_t, never the debiased value
+    np.testing.assert_allclose(state.ema, m, rtol=1e-5)  # stores m_t, never the debiased value
     assert int(state.count) == len(SEQ)
 
 
@@ -162,9 +162,9 @@ def test_ema_with_a_float32_accumulator_of_bfloat16_updates():
     m = np.zeros(4, np.float64)
     for g in seq.astype(np.float64):
         m = 0.9 * m + 0.1 * g
-    assert got.dtype == jnp.bfloat16 and state.mean.dtype == jnp.float32
-    np.testing.assert_allclose(state.mean, m, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(got[-1], state.mean.astype(jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16 and state.ema.dtype == jnp.float32
+    np.testing.assert_allclose(state.ema, m, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(got[-1], state.ema.astype(jnp.bfloat16))
 
 
 # ----------------------------------------------------------------------------
