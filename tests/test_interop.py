@@ -1,9 +1,11 @@
-"""gradtx and optax transformations mix in both directions, and Flax's TrainState takes gradtx."""
+"""gradtx and optax transformations mix in both directions.
+
+The frameworks built on optax (Equinox, Flax, numpyro) are in tests/test_frameworks.py.
+"""
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax.training import train_state
 
 import gradtx
 from tests._util import assert_trees_close, make_params, standard_promotion, trajectory
@@ -44,35 +46,3 @@ def test_optax_apply_updates_and_gradtx_apply_updates_agree():
     with standard_promotion():
         ref = optax.apply_updates(params, updates)
     assert_trees_close(gradtx.apply_updates(params, updates), ref, rtol=0, atol=0)
-
-
-def test_flax_train_state_step():
-    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
-    x = jnp.arange(12.0).reshape(4, 3) / 10
-    y = jnp.ones((4, 2))
-
-    def apply_fn(variables, inputs):
-        return inputs @ variables["params"]["w"] + variables["params"]["b"][None, :]
-
-    def loss_fn(p, state):
-        return jnp.mean((state.apply_fn({"params": p}, x) - y) ** 2)
-
-    @jax.jit
-    def step(state):
-        grads = jax.grad(loss_fn)(state.params, state)
-        return state.apply_gradients(grads=grads)
-
-    with standard_promotion():  # flax's apply_gradients goes through optax.apply_updates
-        state = train_state.TrainState.create(
-            apply_fn=apply_fn, params=params, tx=gradtx.adam(0.05)
-        )
-        losses = [float(loss_fn(state.params, state))]
-        for _ in range(20):
-            state = step(state)
-            losses.append(float(loss_fn(state.params, state)))
-        ref = train_state.TrainState.create(apply_fn=apply_fn, params=params, tx=optax.adam(0.05))
-        for _ in range(20):
-            ref = step(ref)
-    assert losses[-1] < 0.5 * losses[0]
-    assert int(state.step) == 20
-    assert_trees_close(state.params, ref.params)
