@@ -7,7 +7,7 @@ optimisers are short chains of them. Structurally compatible with optax.
 
 from importlib import metadata as _metadata
 
-from gradtx import data, schedules, spec, tree, tree_utils
+from gradtx import data, projections, schedules, spec, tree, tree_utils
 from gradtx.accumulation import AccumulateState, accumulate, has_updated
 from gradtx.adam import (
     ScaleByAdamState,
@@ -129,6 +129,7 @@ __all__ = [
     "accumulate",
     "has_updated",
     "data",
+    "projections",
     "tree",
     "tree_utils",
     "safe_increment",

@@ -105,7 +105,7 @@ def test_top_level_exports_match_optax():
         assert hasattr(optax, name) and name in gradtx.__all__
     assert gradtx.update_moment is tu.tree_update_moment
     assert gradtx.tree_map_params is tu.tree_map_params
-    for module in ("tree", "tree_utils"):
+    for module in ("projections", "tree", "tree_utils"):
         assert module in gradtx.__all__
 
 
