@@ -7,7 +7,7 @@ optimisers are short chains of them. Structurally compatible with optax.
 
 from importlib import metadata as _metadata
 
-from gradtx import data, schedules, spec
+from gradtx import data, projections, schedules, spec, tree, tree_utils
 from gradtx.accumulation import AccumulateState, MultiStepsState, accumulate, has_updated
 from gradtx.adam import (
     ScaleByAdamState,
@@ -69,7 +69,6 @@ from gradtx.hyperparams import (
 from gradtx.momentum import TraceState, trace
 from gradtx.monitor import MonitorNormsState, monitor_norms
 from gradtx.native import native_status
-from gradtx.numerics import safe_increment, safe_int32_increment
 from gradtx.optimizers import (
     adagrad,
     adam,
@@ -92,6 +91,12 @@ from gradtx.rms import (
     scale_by_rss,
     scale_by_stddev,
 )
+from gradtx.safe_math import (
+    safe_increment,
+    safe_int32_increment,
+    safe_norm,
+    safe_root_mean_squares,
+)
 from gradtx.scale import ScaleByScheduleState, scale, scale_by_learning_rate, scale_by_schedule
 from gradtx.schedules import (
     constant_schedule,
@@ -107,7 +112,15 @@ from gradtx.schedules import (
     polynomial_schedule,
     warmup_cosine_decay_schedule,
 )
+from gradtx.tree_utils import tree_map_params
 from gradtx.weight_decay import AddDecayedWeightsState, WeightDecaySchedule, add_decayed_weights
+
+# optax's top-level aliases of its tree utilities (`optax.update_moment`, ...). optax's
+# `bias_correction` alias (of `tree_bias_correction`) is not one: gradtx.bias_correction is
+# the transformation of IDEAS §3; use `gradtx.tree_utils.tree_bias_correction`.
+update_infinity_moment = tree_utils.tree_update_infinity_moment
+update_moment = tree_utils.tree_update_moment
+update_moment_per_elem_norm = tree_utils.tree_update_moment_per_elem_norm
 
 try:  # the one version source is pyproject.toml, read from the installed package's metadata
     __version__ = _metadata.version("gradtx")
@@ -130,6 +143,17 @@ __all__ = [
     "accumulate",
     "has_updated",
     "data",
+    "projections",
+    "tree",
+    "tree_utils",
+    "safe_increment",
+    "safe_int32_increment",
+    "safe_norm",
+    "safe_root_mean_squares",
+    "tree_map_params",
+    "update_infinity_moment",
+    "update_moment",
+    "update_moment_per_elem_norm",
     "LeafSummary",
     "StateSummary",
     "restore_state",

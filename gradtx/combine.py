@@ -20,6 +20,7 @@ import numpy as np
 
 from gradtx import base, checks, numerics
 from gradtx.base import GradientTransformation, PyTree, factory
+from gradtx.tree_utils import is_params_placeholder
 
 
 @factory
@@ -155,16 +156,6 @@ def is_mask_function(mask: Any) -> bool:
     Equinox module built as a mask) is a mask tree, not a function."""
     leaves = jax.tree.leaves(mask)
     return bool(leaves) and all(callable(leaf) for leaf in leaves)
-
-
-def is_params_placeholder(x: Any) -> bool:
-    """Whether `x` is the stand-in for the params that `optax.tree_utils.tree_map_params`
-    passes to `init` (it finds the params' copies in a state that way)."""
-    try:
-        from optax.tree_utils import _state_utils
-    except ImportError:
-        return False
-    return isinstance(x, _state_utils._ParamsPlaceholder)
 
 
 def _resolve_mask(fn: str, mask: Any, tree: PyTree) -> PyTree:

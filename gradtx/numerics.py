@@ -19,39 +19,33 @@ from gradtx.typing import PyTree, ScalarOrSchedule
 
 
 def safe_increment(count: ArrayLike) -> jax.Array:
-    """`count + 1`, saturating at the dtype's maximum instead of wrapping around.
+    r"""$t + 1$, staying at the dtype's largest value $t_{\max}$ instead of overflowing.
 
-    Integer counts stop at their dtype's maximum, float counts (optax allows them) at
-    their dtype's largest finite value. optax's name, same behaviour.
+    $$t \leftarrow \begin{cases} t + 1 & t < t_{\max} \\ t_{\max} & \text{otherwise}\end{cases}$$
 
-    Args:
-        count: the step counter, a scalar integer or float array.
-    """
-    count = jnp.asarray(count)
-    max_value: Any
-    if jnp.issubdtype(count.dtype, jnp.integer):
-        max_value = jnp.iinfo(count.dtype).max
-    else:
-        max_value = jnp.finfo(count.dtype).max
-    return jnp.where(count < max_value, count + 1, max_value).astype(count.dtype)
-
-
-def safe_int32_increment(count: ArrayLike) -> jax.Array:
-    """`safe_increment` for an int32 counter (optax's older name for it).
+    Works for integer and floating counters, in their dtype.
 
     Args:
-        count: an int32 scalar.
+        count: the counter, an integer or floating array.
 
     Raises:
-        TypeError: when `count` is not int32.
+        TypeError: for another dtype (bool, complex).
     """
-    count = jnp.asarray(count)
-    if count.dtype != jnp.int32:
+    dtype = jnp.asarray(count).dtype
+    max_value: Any
+    if jnp.issubdtype(dtype, jnp.integer):
+        max_value = jnp.iinfo(dtype).max
+    elif jnp.issubdtype(dtype, jnp.floating):
+        max_value = jnp.finfo(dtype).max
+    else:
         raise TypeError(
-            f"safe_int32_increment: count must be int32, got {count.dtype}; use "
-            "safe_increment for other dtypes"
+            f"safe_increment: count must have an integer or floating dtype, got {dtype}"
         )
-    return safe_increment(count)
+    top = jnp.array(max_value, dtype)
+    return jnp.where(count < top, count + jnp.array(1, dtype), top)
+
+
+safe_int32_increment = safe_increment  # optax's older name
 
 
 def zero_count() -> jax.Array:

@@ -197,7 +197,9 @@ def test_errors():
         accumulate(_sgd(0.1), True)
     with pytest.raises(TypeError, match="accumulate: inner must be a gradient transformation"):
         accumulate(lambda g: g, 2)
-    with pytest.raises(ValueError, match="accumulate: accumulator_dtype must be a floating or complex dtype"):
+    with pytest.raises(
+        ValueError, match="accumulate: accumulator_dtype must be a floating or complex dtype"
+    ):
         accumulate(_sgd(0.1), 2, accumulator_dtype=jnp.int32)
     acc = accumulate(_sgd(0.1), 2)
     state = acc.init({"w": jnp.ones((3,)), "b": jnp.ones((2,))})

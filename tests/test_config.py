@@ -80,9 +80,13 @@ NOT_FACTORIES = {
     "native_available",
     "native_status",
     "restore_state",
+    "safe_increment",
+    "safe_norm",
+    "safe_root_mean_squares",
     "set_hyperparam",
     "state_summary",
     "to_config",
+    "tree_map_params",
     "ungroup",
 }
 

@@ -6,12 +6,12 @@ import re
 import pytest
 
 import gradtx
-from gradtx import data
+from gradtx import data, projections, safe_math, tree_utils
 
 PUBLIC = sorted(
     {
         (module.__name__, name)
-        for module in (gradtx, data, gradtx.schedules)
+        for module in (gradtx, data, gradtx.schedules, tree_utils, projections, safe_math)
         for name in module.__all__
         if inspect.isfunction(inspect.unwrap(getattr(module, name)))
     }
