@@ -66,8 +66,12 @@ def restore_state(template: OptState, restored: PyTree) -> OptState:
     (a NamedTuple field or a tuple index is matched by its name or position).
 
     Every leaf must be present, with the template's shape and dtype, and nothing
-    else may be there: no leaf is cast, padded or dropped. Arrays read back as
-    NumPy become JAX arrays; JAX arrays (e.g. sharded by Orbax) are kept.
+    else may be there: no leaf is cast, padded or dropped. One deliberate difference
+    from optax's layouts is bridged: optax stores the second moment of a complex
+    parameter as a complex array (zero imaginary part), gradtx as a real one; such a
+    leaf is restored as its real part, and refused if its imaginary part is not zero.
+    Arrays read back as NumPy become JAX arrays; JAX arrays (e.g. sharded by Orbax) are
+    kept.
 
     Args:
         template: the state the optimiser expects.
@@ -99,6 +103,9 @@ def restore_state(template: OptState, restored: PyTree) -> OptState:
                 f"{fn}: {where} has shape {r_shape} in the restored state, {t_shape} in the "
                 "optimiser's state; were the params different?"
             )
+        if r_dtype != t_dtype and _is_real_part(r_dtype, t_dtype):
+            r = _real_moment(fn, where, r, t_dtype)
+            r_dtype = t_dtype
         if r_dtype != t_dtype:
             raise ValueError(
                 f"{fn}: {where} has dtype {r_dtype.name} in the restored state, "
@@ -112,6 +119,24 @@ def restore_state(template: OptState, restored: PyTree) -> OptState:
             "state lacks; was it saved from a different optimiser?"
         )
     return treedef.unflatten(out)
+
+
+def _is_real_part(restored: np.dtype, template: np.dtype) -> bool:
+    """A complex leaf restored where gradtx keeps its real counterpart (complex64 -> float32)."""
+    return np.issubdtype(restored, np.complexfloating) and np.finfo(restored).dtype == template
+
+
+def _real_moment(fn: str, where: str, leaf: Any, dtype: np.dtype) -> Any:
+    """optax keeps the second moment of a complex parameter as a complex array with zero
+    imaginary part; gradtx keeps it real ($|g|^2$). Restored: its real part, checked."""
+    imag = np.asarray(jnp.imag(leaf))
+    if np.any(imag != 0):
+        raise ValueError(
+            f"{fn}: {where} is {np.dtype(leaf.dtype).name} with a non-zero imaginary part in "
+            f"the restored state; gradtx keeps this moment real ({dtype.name}: the mean of "
+            "|g|^2 of a complex parameter), so the checkpoint is not a second moment"
+        )
+    return jnp.real(jnp.asarray(leaf)).astype(dtype)
 
 
 def _missing_message(fn: str, where: str, key: tuple[str, ...], available: dict) -> str:

@@ -159,6 +159,8 @@ COMPLEX_PAIRS = {
     "adagrad": (lambda m: m.adagrad(0.05), {}),
     "rmsprop": (lambda m: m.rmsprop(0.05, momentum=0.5), {}),
     "rmsprop_bias": (lambda m: m.rmsprop(0.05, bias_correction=True), {}),
+    "rmsprop_centered": (lambda m: m.rmsprop(0.05, centered=True), {}),
+    "rss": (lambda m: m.chain(m.scale_by_rss(), m.scale(-0.1)), {}),
     "clip_by_global_norm": (lambda m: m.chain(m.clip_by_global_norm(1.0), m.sgd(0.1)), {}),
     "ema": (lambda m: m.chain(m.ema(0.9, debias=True), m.scale(-0.1)), {}),
 }
@@ -215,6 +217,12 @@ def test_complex_apply_updates_and_norms():
     assert float(gradtx.global_norm(z)) == pytest.approx(5.0)
     clipped, _ = gradtx.clip(1.0).update(z, gradtx.EmptyState())
     np.testing.assert_allclose(clipped["a"], [0.6 + 0.8j], rtol=1e-6)  # phase kept, |u| = 1
+    composed = gradtx.chain(gradtx.scale_by_adam_composed(), gradtx.scale(-0.05))
+    ours, _ = _trajectory(composed, _params(jnp.complex64), 10)
+    fused, _ = _trajectory(
+        gradtx.chain(gradtx.scale_by_adam(), gradtx.scale(-0.05)), _params(jnp.complex64), 10
+    )
+    _close(ours[-1], fused[-1])
     squared, _ = gradtx.square().update(z, gradtx.EmptyState())
     np.testing.assert_allclose(squared["a"], [25 + 0j])
 
@@ -559,3 +567,19 @@ def test_bfloat16_first_moment_is_rounded_once_per_step():
     rel = lambda a, b: float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))  # noqa: E731
     assert all(rel(a, b) < 1e-4 for a, b in zip(ours, exact))
     assert rel(ours[0], ref[0]) < 1e-6 and rel(ours[2], ref[2]) > 1e-3  # optax drifts
+
+
+def test_restore_state_bridges_optax_complex_second_moments():
+    params = _params(jnp.complex64)
+    _, s_ref = run_optax(lambda: _trajectory(optax.adam(0.05), params, 3, standard=True))
+    assert s_ref[0].nu["w"].dtype == jnp.complex64  # optax: complex zeros + |g|^2
+    template = gradtx.adam(0.05).init(params)
+    restored = gradtx.restore_state(template, flax.serialization.to_state_dict(s_ref))
+    assert restored[0].nu["w"].dtype == jnp.float32
+    np.testing.assert_array_equal(restored[0].nu["w"], np.real(s_ref[0].nu["w"]))
+    bad = flax.serialization.to_state_dict(s_ref)
+    bad["0"]["nu"]["w"] = bad["0"]["nu"]["w"] + 1j
+    with pytest.raises(
+        ValueError, match=r"restore_state: state\[0\]\.nu\['w'\] is complex64 with a"
+    ):
+        gradtx.restore_state(template, bad)
