@@ -6,6 +6,7 @@ cast is explicit, so each piece works under `jax_numpy_dtype_promotion="strict"`
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -70,6 +71,16 @@ def compute_dtype(*arrays: ArrayLike) -> np.dtype:
     if any(jnp.issubdtype(d, jnp.complexfloating) for d in dtypes):
         return jnp.dtype(jnp.complex128 if wide else jnp.complex64)
     return jnp.dtype(jnp.float64 if wide else jnp.float32)
+
+
+def common_dtype(*dtypes: Any) -> np.dtype:
+    """The dtypes' common dtype on JAX's standard promotion lattice, whatever the config says.
+
+    Reductions over a tree add the parts of leaves of different dtypes (a bfloat16 leaf's and
+    a float32 leaf's); this is the explicit cast that lets them do so under strict promotion.
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return functools.reduce(jnp.promote_types, dtypes)
 
 
 def is_complex(x: Any) -> bool:
@@ -137,6 +148,13 @@ def prune_like(updates: PyTree, params: PyTree) -> PyTree:
 def flatten(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> tuple[list[Any], Any]:
     """`jax.tree.flatten(tree)`, its treedef typed `Any` (jaxlib ships no stubs for it)."""
     return jax.tree.flatten(tree, is_leaf=is_leaf)
+
+
+def flatten_with_path(
+    tree: PyTree, is_leaf: Callable[[Any], bool] | None = None
+) -> tuple[list[tuple[Any, Any]], Any]:
+    """`jax.tree_util.tree_flatten_with_path(tree)`, its treedef typed `Any` (as `flatten`)."""
+    return jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
 
 
 def tree_map_multi(fn: Callable[..., tuple], num_outputs: int, tree: PyTree, *rest: PyTree):

@@ -97,7 +97,7 @@ def projection_box(tree: PyTree, lower: PyTree, upper: PyTree) -> PyTree:
             tree does not have the structure of `tree`.
     """
     fn = "projection_box"
-    with_path, treedef = _flatten_with_path(tree)
+    with_path, treedef = numerics.flatten_with_path(tree)
     lows = _bound_leaves(fn, "lower", lower, treedef)
     highs = _bound_leaves(fn, "upper", upper, treedef)
     out = []
@@ -113,11 +113,6 @@ def projection_box(tree: PyTree, lower: PyTree, upper: PyTree) -> PyTree:
 
 def _known(bound: Any) -> bool:
     return bound is not None and checks.is_concrete(bound)
-
-
-def _flatten_with_path(tree: PyTree) -> tuple[list[tuple[Any, Any]], Any]:
-    """`jax.tree_util.tree_flatten_with_path`, its treedef typed `Any` (jaxlib has no stubs)."""
-    return jax.tree_util.tree_flatten_with_path(tree)
 
 
 def _bound_leaves(fn: str, name: str, bound: PyTree, treedef: Any) -> list[Any]:

@@ -6,12 +6,24 @@ import re
 import pytest
 
 import gradtx
-from gradtx import data, projections, safe_math, tree_utils
+from gradtx import (
+    data,
+    projections,
+    safe_math,
+    tree_arithmetic,
+    tree_build,
+    tree_moments,
+    tree_reductions,
+    tree_state,
+    tree_utils,
+)
+
+TREE_MODULES = (tree_utils, tree_arithmetic, tree_reductions, tree_build, tree_moments, tree_state)
 
 PUBLIC = sorted(
     {
         (module.__name__, name)
-        for module in (gradtx, data, gradtx.schedules, tree_utils, projections, safe_math)
+        for module in (gradtx, data, gradtx.schedules, *TREE_MODULES, projections, safe_math)
         for name in module.__all__
         if inspect.isfunction(inspect.unwrap(getattr(module, name)))
     }
