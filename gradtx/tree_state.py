@@ -108,15 +108,39 @@ def _direct(path: KeyPath, node: Any, key: Any) -> tuple[KeyPath, Any]:
     return (*path, jax.tree_util.DictKey(key)), node[key]
 
 
-def _find(tree: PyTree, key: Any) -> list[tuple[KeyPath, Any]]:
+def _injected_types() -> tuple[type, ...]:
+    """The states of `inject_hyperparams`: gradtx's, and optax's when optax is installed."""
+    from gradtx.hyperparams import InjectStatefulHyperparamsState
+
+    try:
+        import optax
+    except ImportError:
+        return (InjectStatefulHyperparamsState,)
+    return (InjectStatefulHyperparamsState, optax.InjectStatefulHyperparamsState)
+
+
+def _schedule_states(tree: PyTree) -> set[int]:
+    """The `hyperparams_states` dicts of the injected states in `tree` (by id).
+
+    They are keyed by hyper-parameter name but hold the schedules' states; the value of
+    the hyper-parameter is in `hyperparams`. Skipping them, `tree_get(state,
+    "learning_rate")` finds the one value also when the rate is scheduled.
+    """
+    types = _injected_types()
+    nodes: list[Any] = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, types))
+    return {id(n.hyperparams_states) for n in nodes if isinstance(n, types)}  # type: ignore[attr-defined]
+
+
+def _find(tree: PyTree, key: Any, skip: set[int] | None = None) -> list[tuple[KeyPath, Any]]:
     """Every value under `key`, outermost first (optax's order): the nodes holding it, in
     leaf order, then what their children hold."""
+    skip = set() if skip is None else skip
     holds = functools.partial(_has_any, keys=(key,))
-    holders = [(p, n) for p, n in _entries(tree, holds) if holds(n)]
+    holders = [(p, n) for p, n in _entries(tree, holds) if holds(n) and id(n) not in skip]
     found = [_direct(p, n, key) for p, n in holders]
     for path, node in holders:
         for child_path, child in _children(path, node):
-            found += [((*child_path, *sub), v) for sub, v in _find(child, key)]
+            found += [((*child_path, *sub), v) for sub, v in _find(child, key, skip)]
     return found
 
 
@@ -159,9 +183,11 @@ def tree_get(
 ) -> Any:
     r"""The one value held under `key` in `tree` (`default` when there is none).
 
-    Finds what `tree_get_all_with_path(tree, key, filtering)` finds. With gradtx's
-    `inject_hyperparams` a hyper-parameter is held once, scheduled or not, so
-    `tree_get(state, "learning_rate")` is the rate the last step used.
+    Finds what `tree_get_all_with_path(tree, key, filtering)` finds, except inside the
+    `hyperparams_states` of an injected state (gradtx's or optax's): those are the
+    schedules' states, named like their hyper-parameters. So `tree_get(state,
+    "learning_rate")` is the rate the last step used, scheduled or not (optax raises
+    "found multiple values" there).
 
     Args:
         tree: the tree to search, e.g. an optimiser state.
@@ -173,7 +199,9 @@ def tree_get(
         KeyError: when several values match; the message lists their paths.
     """
     _check_filtering("tree_get", filtering)
-    found = tree_get_all_with_path(tree, key, filtering)
+    found = _find(tree, key, _schedule_states(tree))
+    if filtering is not None:
+        found = [(p, v) for p, v in found if filtering(p, v)]
     if len(found) > 1:
         paths = ", ".join(jax.tree_util.keystr(p) for p, _ in found)
         raise KeyError(
@@ -187,7 +215,8 @@ def tree_get(
 def tree_set(tree: PyTree, filtering: Filtering | None = None, /, **kwargs: Any) -> PyTree:
     r"""A copy of `tree` with the values held under each keyword's name replaced.
 
-    Every value that `tree_get_all_with_path(tree, name, filtering)` finds is replaced by
+    Every value that `tree_get` would consider (so not the schedules' states inside an
+    injected state's `hyperparams_states`) is replaced by
     `kwargs[name]` (a NamedTuple found by its class name is replaced whole); values nested in
     a replaced one go with it.
 
@@ -201,8 +230,10 @@ def tree_set(tree: PyTree, filtering: Filtering | None = None, /, **kwargs: Any)
     """
     fn = "tree_set"
     _check_filtering(fn, filtering)
+    skip = _schedule_states(tree)  # schedules' states, named like the hyper-parameters
     for name in kwargs:
-        if not tree_get_all_with_path(tree, name, filtering):
+        found = _find(tree, name, skip)
+        if not [(p, v) for p, v in found if filtering is None or filtering(p, v)]:
             where = " that passes the filtering" if filtering is not None else ""
             raise KeyError(f"{fn}: no value{where} is held under {name!r} in the tree")
 
@@ -220,8 +251,9 @@ def tree_set(tree: PyTree, filtering: Filtering | None = None, /, **kwargs: Any)
                 fields[field] = replace_or_descend(field, child_path, child)
             return node._replace(**fields)
         if type(node) is dict:
+            keyed = id(node) not in skip  # a schedules' states dict: its keys are not values
             return {
-                k: replace_or_descend(k, child_path, child)
+                k: replace_or_descend(k, child_path, child, keyed)
                 for (child_path, child), k in zip(_children(path, node), node)
             }
         children, treedef = numerics.flatten_with_path(node, lambda x: x is not node)

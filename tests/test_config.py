@@ -88,6 +88,9 @@ NOT_FACTORIES = {
     "to_config",
     "tree_map_params",
     "ungroup",
+    "init_empty_state",  # returns a state
+    "with_extra_args_support",  # returns the transformation it is given (a gradtx one as is)
+    "inject_stateful_hyperparams",  # optax's older name: records as inject_hyperparams
 }
 
 

@@ -456,9 +456,12 @@ def test_get_all_with_path_matches_optax(state, key):
     assert [p for p, _ in ours] == [p for p, _ in expected]
     for (_, a), (_, b) in zip(ours, expected):
         assert_same(a, b)
+    schedule_states = [v for p, v in ours if "hyperparams_states" in jax.tree_util.keystr(p)]
     if len(ours) <= 1:
         got = tu.tree_get(s, key, default=-1)
         assert_same(got, otu.tree_get(s, key, default=-1))
+    elif len(ours) - len(schedule_states) == 1:  # a scheduled rate: its value, not its state
+        assert_same(tu.tree_get(s, key), s.hyperparams[key])
     else:
         with pytest.raises(KeyError, match=f"tree_get: found {len(ours)} values"):
             tu.tree_get(s, key)
@@ -506,9 +509,14 @@ def test_set_sets_every_value_tree_get_all_with_path_finds():
     """optax 0.2.8 skips the values under a list or tuple of a matching node."""
     s = STATES["gradtx injected"]()
     new = tu.tree_set(s, count=jnp.asarray(5, jnp.int32))
-    assert [int(v) for _, v in tu.tree_get_all_with_path(new, "count")] == [5, 5]
+    # the wrapper's count, its schedule's count (in hyperparams_states), Adam's count
+    assert [int(v) for _, v in tu.tree_get_all_with_path(new, "count")] == [5, 5, 5]
     stale = otu.tree_set(s, count=jnp.asarray(5, jnp.int32))
-    assert [int(v) for _, v in otu.tree_get_all_with_path(stale, "count")] == [5, 0]
+    assert [int(v) for _, v in otu.tree_get_all_with_path(stale, "count")] == [5, 0, 0]
+    # a hyper-parameter's name in hyperparams_states names its schedule's state: not set
+    lr = tu.tree_set(s, learning_rate=jnp.asarray(0.5))
+    assert float(tu.tree_get(lr, "learning_rate")) == 0.5
+    assert lr.hyperparams_states == s.hyperparams_states
     nested = tu.tree_set(STATES["nested dicts"](), count=0)
     assert nested == {"count": 0, "a": {"count": 0, "b": [{"count": 0}]}, "c": None}
 
@@ -605,9 +613,13 @@ def test_map_params_through_masked_and_partition(name):
     opt = MASKED[name]()
     state = opt.init(PARAMS)
     specs = {"w": "spec_w", "b": "spec_b"}
-    got = tu.tree_map_params(opt, lambda _, s: s, state, specs, transform_non_params=lambda v: 0)
+    # as optax documents for its masked: a MaskedNode is a leaf here, so specs line up
+    masked_leaf = lambda v: isinstance(v, gradtx.MaskedNode)  # noqa: E731
+    got = tu.tree_map_params(
+        opt, lambda _, s: s, state, specs, transform_non_params=lambda v: 0, is_leaf=masked_leaf
+    )
     expected = optax.tree_utils.tree_map_params(
-        opt, lambda _, s: s, state, specs, transform_non_params=lambda v: 0
+        opt, lambda _, s: s, state, specs, transform_non_params=lambda v: 0, is_leaf=masked_leaf
     )
     assert got == expected
     assert "spec_w" in jax.tree.leaves(got)
