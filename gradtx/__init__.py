@@ -113,6 +113,12 @@ from gradtx.schedules import (
     warmup_cosine_decay_schedule,
 )
 from gradtx.tree_utils import tree_map_params
+from gradtx.warmup import (
+    piecewise_interpolate_schedule,
+    sgdr_schedule,
+    warmup_constant_schedule,
+    warmup_exponential_decay_schedule,
+)
 from gradtx.weight_decay import AddDecayedWeightsState, WeightDecaySchedule, add_decayed_weights
 
 # optax's top-level aliases of its tree utilities (`optax.update_moment`, ...). optax's
@@ -188,6 +194,10 @@ __all__ = [
     "piecewise_constant_schedule",
     "polynomial_schedule",
     "warmup_cosine_decay_schedule",
+    "piecewise_interpolate_schedule",
+    "sgdr_schedule",
+    "warmup_constant_schedule",
+    "warmup_exponential_decay_schedule",
     "schedules",
     "AddDecayedWeightsState",
     "BiasCorrectionState",

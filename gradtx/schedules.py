@@ -42,9 +42,23 @@ from gradtx.annealing import (
     warmup_cosine_decay_schedule,
 )
 from gradtx.checks import check_bool, check_finite, check_int
+from gradtx.hyperparams import (
+    InjectHyperparamsState,
+    InjectStatefulHyperparamsState,
+    WrappedSchedule,
+    WrappedScheduleState,
+    inject_hyperparams,
+    inject_stateful_hyperparams,
+)
 from gradtx.numerics import epochs_since, schedule_float
 from gradtx.spec import recorded
 from gradtx.typing import Schedule
+from gradtx.warmup import (
+    piecewise_interpolate_schedule,
+    sgdr_schedule,
+    warmup_constant_schedule,
+    warmup_exponential_decay_schedule,
+)
 
 __all__ = [
     "constant_schedule",
@@ -59,6 +73,17 @@ __all__ = [
     "piecewise_constant_schedule",
     "polynomial_schedule",
     "warmup_cosine_decay_schedule",
+    "piecewise_interpolate_schedule",
+    "sgdr_schedule",
+    "warmup_constant_schedule",
+    "warmup_exponential_decay_schedule",
+    # as in optax.schedules: the injection of (scheduled) hyper-parameters
+    "InjectHyperparamsState",
+    "InjectStatefulHyperparamsState",
+    "WrappedSchedule",
+    "WrappedScheduleState",
+    "inject_hyperparams",
+    "inject_stateful_hyperparams",
 ]
 
 

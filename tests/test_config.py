@@ -50,6 +50,17 @@ EXAMPLES = [
     ),
     # optimisers (short chains) and every schedule
     gradtx.sgd(S.piecewise_constant_schedule(0.1, {10: 0.5, 20: 0.1})),
+    gradtx.sgd(S.piecewise_interpolate_schedule("cosine", 0.1, {10: 0.5, 20: 0.1})),
+    gradtx.sgd(S.warmup_constant_schedule(0.0, 0.1, 5)),
+    gradtx.sgd(S.warmup_exponential_decay_schedule(0.0, 0.1, 5, 10, 0.5, end_value=0.01)),
+    gradtx.sgd(
+        S.sgdr_schedule(
+            [
+                {"init_value": 0.0, "peak_value": 0.1, "warmup_steps": 2, "decay_steps": 10},
+                {"init_value": 0.0, "peak_value": 0.05, "warmup_steps": 1, "decay_steps": 5},
+            ]
+        )
+    ),
     gradtx.momentum_ewa(0.1, debias=True),
     gradtx.rmsprop(1e-3, centered=True, momentum=0.9, nesterov=True),
     gradtx.adagrad(0.1),

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import gradtx
 import gradtx.schedules as S
 
 COUNTS = np.concatenate([np.arange(0, 401), [1_000, 12_345, 2**20 + 3, 2**31 - 1]])
@@ -627,3 +628,67 @@ ERRORS = [
 def test_bad_hyper_parameters_raise(factory, kwargs, error, match):
     with pytest.raises(error, match=match):
         factory(**kwargs)
+
+
+# ----------------------------------------------------------------------------
+# Warmups, restarts, interpolated steps (gradtx.warmup) against optax.
+
+WARMUP_CASES = {
+    "warmup_constant": lambda m: m.warmup_constant_schedule(0.1, 1.0, 4),
+    "warmup_constant_float_steps": lambda m: m.warmup_constant_schedule(0.0, 2.0, 7.0),
+    "warmup_exponential": lambda m: m.warmup_exponential_decay_schedule(0.0, 1.0, 5, 3, 0.5),
+    "warmup_exponential_all": lambda m: m.warmup_exponential_decay_schedule(
+        0.0, 1.0, 5, 3, 0.5, transition_begin=2, staircase=True, end_value=0.1
+    ),
+    "warmup_exponential_growing": lambda m: m.warmup_exponential_decay_schedule(
+        0.1, 1.0, 2, 4, 1.5, end_value=3.0
+    ),
+    "sgdr": lambda m: m.sgdr_schedule(
+        [
+            {"init_value": 0.0, "peak_value": 1.0, "warmup_steps": 2, "decay_steps": 10},
+            {
+                "init_value": 0.1,
+                "peak_value": 0.5,
+                "warmup_steps": 1,
+                "decay_steps": 5,
+                "end_value": 0.05,
+                "exponent": 2.0,
+            },
+        ]
+    ),
+    "interpolate_linear": lambda m: m.piecewise_interpolate_schedule(
+        "linear", 1.0, {4: 0.1, 8: 0.01}
+    ),
+    "interpolate_cosine": lambda m: m.piecewise_interpolate_schedule(
+        "cosine", 2.0, {0: 0.5, 3: 2.0, 10: 0.1}
+    ),
+    "interpolate_none": lambda m: m.piecewise_interpolate_schedule("linear", 0.3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WARMUP_CASES))
+def test_warmup_and_restart_schedules_match_optax(name):
+    ours = WARMUP_CASES[name](gradtx)
+    with jax.numpy_dtype_promotion("standard"):
+        theirs = WARMUP_CASES[name](optax)
+        steps = jnp.arange(25)
+        expected = jax.vmap(theirs)(steps)
+    np.testing.assert_allclose(jax.jit(jax.vmap(ours))(steps), expected, rtol=1e-6, atol=1e-7)
+    assert float(ours(3)) == pytest.approx(float(expected[3]), rel=1e-6)  # a Python int count
+    again = eval(repr(ours), vars(gradtx))  # prints as the call that made it
+    np.testing.assert_array_equal(jax.vmap(again)(steps), jax.vmap(ours)(steps))
+
+
+def test_warmup_schedules_bad_input():
+    with pytest.raises(ValueError, match="piecewise_interpolate_schedule: interpolate_type"):
+        gradtx.piecewise_interpolate_schedule("cubic", 1.0, {1: 0.5})
+    with pytest.raises(ValueError, match=r"piecewise_interpolate_schedule: boundaries_and_scales"):
+        gradtx.piecewise_interpolate_schedule("linear", 1.0, {1: -0.5})
+    with pytest.raises(ValueError, match=r"sgdr_schedule: cosine_kwargs\[0\] has no decay_steps"):
+        gradtx.sgdr_schedule([{"init_value": 0.0, "peak_value": 1.0, "warmup_steps": 1}])
+    with pytest.raises(ValueError, match="sgdr_schedule: cosine_kwargs must hold"):
+        gradtx.sgdr_schedule([])
+    with pytest.raises(ValueError, match="warmup_exponential_decay_schedule: warmup_steps"):
+        gradtx.warmup_exponential_decay_schedule(0.0, 1.0, 0, 3, 0.5)
+    assert gradtx.schedules.inject_hyperparams is gradtx.inject_hyperparams
+    assert gradtx.schedules.sgdr_schedule is gradtx.sgdr_schedule
