@@ -92,6 +92,7 @@ def scale_by_adam(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         updates = numerics.as_arrays(updates)
+        checks.check_state(fn, state, ScaleByAdamState)
         checks.check_tree_match(fn, updates, state.mu)
         count = numerics.safe_increment(state.count)
         c1 = debias_factor(b1, count)
@@ -210,6 +211,7 @@ def scale_by_amsgrad(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         updates = numerics.as_arrays(updates)
+        checks.check_state(fn, state, ScaleByAmsgradState)
         checks.check_tree_match(fn, updates, state.mu)
         count = numerics.safe_increment(state.count)
         c1 = debias_factor(b1, count)

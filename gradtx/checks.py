@@ -244,6 +244,22 @@ def canonicalize_dtype(
     return jax.dtypes.canonicalize_dtype(dt)
 
 
+def check_state(fn: str, state: Any, layout: type) -> None:
+    """Raises a ValueError unless `state` has the fields of the NamedTuple `layout`.
+
+    Checked by field names, not by class, so optax's state of the same layout is accepted
+    (the layouts are optax's). Runs at trace time only.
+    """
+    fields = getattr(state, "_fields", None)
+    want: tuple[str, ...] = getattr(layout, "_fields", ())
+    if fields != want:
+        got = type(state).__name__ + (f"({', '.join(fields)})" if fields is not None else "")
+        raise ValueError(
+            f"{fn}: state must be a {layout.__name__}({', '.join(want)}) made by {fn}'s init, "
+            f"got {got}; was it built by a different optimiser?"
+        )
+
+
 def missing_argument(fn: str, name: str, how: str) -> TypeError:
     """The error for an `update` argument a piece needs and was not given (raise it).
 

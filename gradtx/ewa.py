@@ -121,6 +121,7 @@ def ema(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         updates = numerics.as_arrays(updates)
+        checks.check_state("ema", state, EmaState)
         checks.check_tree_match("ema", updates, state.ema)
         count = numerics.safe_increment(state.count)
         mean = jax.tree.map(lambda m, g: moment_update(decay, m, g), state.ema, updates)

@@ -62,6 +62,7 @@ def trace(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         updates = numerics.as_arrays(updates)
+        checks.check_state("trace", state, TraceState)
         checks.check_tree_match("trace", updates, state.trace)
 
         def leaf(g, v):

@@ -69,6 +69,11 @@ def _rms_scaling(
     checks.check_bool(fn, "bias_correction", bias_correction)
     dtype = checks.canonicalize_dtype(fn, "accumulator_dtype", accumulator_dtype)
 
+    if centered:
+        layout: type = ScaleByRStdDevWithCountState if bias_correction else ScaleByRStdDevState
+    else:
+        layout = ScaleByRmsWithCountState if bias_correction else ScaleByRmsState
+
     def make_state(count, mu, nu):
         if centered:
             if bias_correction:
@@ -84,6 +89,7 @@ def _rms_scaling(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         updates, old = numerics.as_arrays(updates), state
+        checks.check_state(fn, old, layout)
         checks.check_tree_match(fn, updates, old.nu)
         count = numerics.safe_increment(old.count) if bias_correction else None
         nu = jax.tree.map(lambda s, g: moment_update(decay, s, g, order=2), old.nu, updates)
@@ -243,6 +249,7 @@ def scale_by_rss(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         updates = numerics.as_arrays(updates)
+        checks.check_state("scale_by_rss", state, ScaleByRssState)
         checks.check_tree_match("scale_by_rss", updates, state.sum_of_squares)
 
         def accumulate(s, g):

@@ -17,7 +17,7 @@ BAD_HYPERPARAMS = [
     (lambda: gradtx.ema(True), TypeError, "ema: decay must be a real number, got True"),
     (lambda: gradtx.ema("0.9"), TypeError, "ema: decay must be a real number"),
     (lambda: gradtx.ema(jnp.ones(2)), ValueError, "ema: decay must be a scalar"),
-    (lambda: gradtx.ema(0.9, accumulator_dtype=jnp.int32), ValueError, "floating dtype"),
+    (lambda: gradtx.ema(0.9, accumulator_dtype=jnp.int32), ValueError, "floating or complex dtype"),
     (lambda: gradtx.bias_correction(1.5), ValueError, "bias_correction: decay"),
     (lambda: gradtx.trace(1.0), ValueError, "trace: decay must be in [0, 1)"),
     (lambda: gradtx.trace(0.9, nesterov=1), TypeError, "trace: nesterov must be True or False"),
@@ -178,9 +178,15 @@ def test_apply_updates_with_wrong_shape():
 
 
 def test_state_from_another_optimiser_is_refused():
-    state = gradtx.sgd(0.1).init(PARAMS)
+    state = gradtx.adam(0.1).init(PARAMS)
     with pytest.raises(
-        ValueError, match="chain: state must be the tuple of 2 states .* got EmptyState"
+        ValueError, match="chain: state must be the tuple of 3 states .* got 2 entries"
+    ):
+        gradtx.adamw(0.1).update(PARAMS, state, PARAMS)
+    # the same length, another layout: the piece names what it needed
+    state = gradtx.sgd(0.1).init(PARAMS)  # (EmptyState(), EmptyState()), as optax's
+    with pytest.raises(
+        ValueError, match=r"trace: state must be a TraceState\(trace\) .* got EmptyState\(\)"
     ):
         gradtx.sgd(0.1, momentum=0.9).update(PARAMS, state, PARAMS)
 

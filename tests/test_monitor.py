@@ -56,7 +56,8 @@ def test_bare_monitor_in_a_chain_records_what_reaches_it():
     assert watched.grad_norm == watched.update_norm
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(updates))
     assert repr(opt) == (
-        "chain(clip_by_global_norm(0.5), monitor_norms(), scale_by_learning_rate(0.1))"
+        "chain(clip_by_global_norm(0.5), monitor_norms(), "
+        "chain(identity(), scale_by_learning_rate(0.1)))"
     )
 
 

@@ -181,5 +181,5 @@ def test_chain_refuses_a_state_of_the_wrong_length(entries):
         ValueError, match=f"chain: state must be the tuple of 2 states .* got {entries} entries"
     ):
         opt.update(g, wrong)
-    with pytest.raises(ValueError, match="got list"):
-        opt.update(g, list(state))
+    # a state restored as a list (Orbax without a target) is the same state
+    assert jnp.array_equal(opt.update(g, list(state))[0], opt.update(g, state)[0])

@@ -60,14 +60,19 @@ def test_adam_prints_its_composition():
         # Schedules print as their call; a callable without a record in angle brackets.
         (
             gradtx.sgd(schedules.cosine_decay_schedule(0.1, 100)),
-            "scale_by_learning_rate(cosine_decay_schedule(0.1, 100, exponent=1.0))",
+            "chain(identity(), scale_by_learning_rate(cosine_decay_schedule(0.1, 100, "
+            "exponent=1.0)))",
         ),
-        (gradtx.sgd(lambda count: 0.1), "scale_by_learning_rate(<lambda count>)"),
+        (
+            gradtx.sgd(lambda count: 0.1),
+            "chain(identity(), scale_by_learning_rate(<lambda count>))",
+        ),
         (gradtx.stateless(_double), "stateless(<function _double>)"),
         # The training-grade wrappers.
         (
             monitor_norms(apply_if_finite(gradtx.sgd(0.1), 3)),
-            "monitor_norms(inner=apply_if_finite(scale_by_learning_rate(0.1), 3))",
+            "monitor_norms(inner=apply_if_finite(chain(identity(), "
+            "scale_by_learning_rate(0.1)), 3))",
         ),
         (gradtx.chain(zero_nans(), monitor_norms()), "chain(zero_nans(), monitor_norms())"),
         (

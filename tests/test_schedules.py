@@ -429,12 +429,6 @@ ERRORS = [
     ),
     (
         S.exponential_decay,
-        dict(init_value=1.0, transition_steps=10, decay_rate=1.1),
-        ValueError,
-        "exponential_decay: decay_rate > 1 .*end_value",
-    ),
-    (
-        S.exponential_decay,
         dict(init_value=1.0, transition_steps=10, decay_rate=0.9, transition_begin=-1),
         ValueError,
         "exponential_decay: transition_begin must be an integer >= 0, got -1",
