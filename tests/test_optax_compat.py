@@ -305,6 +305,10 @@ def test_mask_compatible_extra_args():
         lambda: gradtx.accumulate(gradtx.sgd(0.1, momentum=0.9), 2),
         lambda: gradtx.apply_if_finite(gradtx.rmsprop(0.1), 3),
         lambda: gradtx.named_chain(("m", gradtx.trace(0.9)), ("s", gradtx.scale(0.1))),
+        lambda: gradtx.divide(gradtx.ema(0.9), gradtx.chain(gradtx.square(), gradtx.ema(0.99))),
+        lambda: gradtx.monitor_norms(gradtx.trace(0.9)),
+        lambda: gradtx.chain(gradtx.chain(gradtx.scale_by_rss()), gradtx.reduce_on_plateau()),
+        lambda: gradtx.scale_by_adam_composed(),
     ],
 )
 def test_optax_tree_map_params_over_gradtx_states(make):
