@@ -86,10 +86,12 @@ def _optax_base() -> type:
     return optax.GradientTransformationExtraArgs
 
 
+_EXTRA_ARGS_BASE: type = _optax_base()
+
 if TYPE_CHECKING:
     _Base = _Pair
 else:
-    _Base = _optax_base()
+    _Base = _EXTRA_ARGS_BASE
 
 
 class GradientTransformation(_Base):
@@ -177,6 +179,16 @@ def accepts_extra_args(update: Callable) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+def _keyword_names(update: Callable) -> frozenset[str]:
+    """The extra arguments `update` names in its signature (e.g. `value`), beyond the three."""
+    try:
+        params = list(inspect.signature(update).parameters.values())
+    except (TypeError, ValueError):
+        return frozenset()
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return frozenset(p.name for p in params[3:] if p.kind in kinds)
+
+
 def as_transformation(fn: str, where: str, tx: Any) -> GradientTransformation:
     """`tx` (gradtx, optax, any `init`/`update` pair) as a GradientTransformation whose
     update takes `**extra_args`; those a foreign update cannot take are dropped.
@@ -190,14 +202,16 @@ def as_transformation(fn: str, where: str, tx: Any) -> GradientTransformation:
             f"{fn}: {where} must be a gradient transformation (an object with init and "
             f"update), got {type(tx).__name__}"
         )
-    if accepts_extra_args(update):
+    if accepts_extra_args(update) or isinstance(tx, _EXTRA_ARGS_BASE):
+        # optax's ExtraArgs transformations get every extra argument, as optax passes them
         if isinstance(tx, GradientTransformation):
             return tx
         return GradientTransformation(init, update, spec_of(tx))
+    named = _keyword_names(update)
 
     def update_dropping_extras(updates, state, params=None, **extra_args):
-        del extra_args
-        return update(updates, state, params)
+        kept = {k: v for k, v in extra_args.items() if k in named}
+        return update(updates, state, params, **kept)
 
     return GradientTransformation(init, update_dropping_extras)
 

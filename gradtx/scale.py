@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 from jax import Array
 
-from gradtx import checks, numerics
+from gradtx import base, checks, numerics
 from gradtx.base import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule, factory
 
 
@@ -66,22 +66,26 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
 
 @factory
 def scale_by_learning_rate(
-    learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
+    learning_rate: ScalarOrSchedule | None, *, flip_sign: bool = True
 ) -> GradientTransformation:
     r"""$u_t = -\alpha_t g_t$: the descent step of gradient descent.
 
     `learning_rate` is a constant $\alpha$ or a schedule $\alpha(t)$. With
     `flip_sign=False` the sign is kept (ascent, or a rate applied elsewhere).
+    `None` means no scaling at all, $u_t = g_t$, as in optax (where it is the default;
+    here it is passed explicitly, so that `scale_by_learning_rate(0.1)` prints as such).
 
     Args:
-        learning_rate: $\alpha \geq 0$ or a `count -> value` schedule.
+        learning_rate: $\alpha \geq 0$, a `count -> value` schedule, or None for none.
         flip_sign: negate (descent), as optax does by default.
 
     Raises:
         ValueError: for a negative constant rate.
     """
-    checks.check_scalar_or_schedule("scale_by_learning_rate", "learning_rate", learning_rate)
     checks.check_bool("scale_by_learning_rate", "flip_sign", flip_sign)
+    if learning_rate is None:
+        return base.stateless_pair(lambda updates, params: updates)
+    checks.check_scalar_or_schedule("scale_by_learning_rate", "learning_rate", learning_rate)
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
         inner = scale_by_schedule(lambda count: sign * learning_rate(count))

@@ -115,7 +115,7 @@ class Recorded:
     `cosine_decay_schedule(0.1, 100)`, and `gradtx.to_config` exports it.
     """
 
-    __slots__ = ("__wrapped__", "spec")
+    __slots__ = ("__wrapped__", "spec", "__weakref__")  # jax.jit keeps weak references
 
     def __init__(self, fn: Callable[..., Any], spec: Spec):
         self.__wrapped__ = fn

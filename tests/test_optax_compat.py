@@ -587,3 +587,35 @@ def test_restore_state_bridges_optax_complex_second_moments():
         ValueError, match=r"restore_state: state\[0\]\.nu\['w'\] is complex64 with a"
     ):
         gradtx.restore_state(template, bad)
+
+
+def test_schedules_are_jittable_and_weakly_referenced():
+    schedule = gradtx.warmup_cosine_decay_schedule(0.0, 1.0, 10, 100)
+    np.testing.assert_allclose(jax.jit(schedule)(50), schedule(50), rtol=1e-6)
+    assert float(jax.jit(gradtx.linear_schedule(1.0, 0.0, 10))(3)) == pytest.approx(0.7)
+
+
+def test_optax_pieces_in_gradtx_chains_get_their_keyword_arguments():
+    params = {"x": jnp.ones(3)}
+    ours = gradtx.chain(optax.scale_by_polyak(), gradtx.scale(-1.0))  # update(..., *, value)
+    ref = optax.chain(optax.scale_by_polyak(), optax.scale(-1.0))
+    with standard_promotion():
+        u1, _ = ours.update(params, ours.init(params), params, value=jnp.asarray(2.0))
+        u2, _ = ref.update(params, ref.init(params), params, value=jnp.asarray(2.0))
+    _close(u1, u2)
+
+    def plain_update(updates, state, params=None, *, scale=1.0):
+        return jax.tree.map(lambda u: u * scale, updates), state
+
+    plain = optax.GradientTransformation(lambda p: (), plain_update)  # not an ExtraArgs one
+    u, _ = gradtx.chain(plain).update(params, ((),), None, scale=3.0, other=1)
+    np.testing.assert_array_equal(u["x"], 3.0)  # the named one passed, the other dropped
+
+
+def test_learning_rate_none_means_no_scaling():
+    params = {"x": jnp.full(2, 0.5)}
+    for lib in (gradtx, optax):
+        tx = lib.scale_by_learning_rate(None)
+        u, _ = tx.update(params, tx.init(params))
+        np.testing.assert_array_equal(u["x"], 0.5)
+    assert repr(gradtx.scale_by_learning_rate(None)) == "scale_by_learning_rate(None)"
