@@ -133,7 +133,8 @@ def test_attributes_can_be_set_on_a_transformation():
 
 
 def test_optax_names_for_the_protocol():
-    assert gradtx.with_extra_args_support(gradtx.sgd(0.1)) is not None
+    sgd = gradtx.sgd(0.1)
+    assert gradtx.with_extra_args_support(sgd) is sgd  # already takes extra arguments
     plain = optax.GradientTransformation(lambda p: (), lambda u, s, p=None: (u, s))
     wrapped = gradtx.with_extra_args_support(plain)
     assert wrapped.update({"x": 1.0}, (), None, value=3.0) == ({"x": 1.0}, ())
