@@ -123,7 +123,7 @@ def accumulate(
             new_updates, new_inner = inner_update(mean, inner_state)
             new_inner = jax.tree.map(
                 lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)),
-                new_inner,
+                numerics.in_structure_of(new_inner, inner_state),
                 inner_state,
             )
             return new_updates, new_inner, jax.tree.map(jnp.zeros_like, acc)

@@ -273,6 +273,20 @@ def _same_structure(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _first_class_difference(a: Any, b: Any) -> tuple[str, str] | None:
+    """The qualified names of the first node classes at which two treedefs differ."""
+    if a.num_nodes == 1 or b.num_nodes == 1:  # a leaf or None
+        return None
+    ta, tb = a.node_data()[0], b.node_data()[0]
+    if ta is not tb:
+        return f"{ta.__module__}.{ta.__qualname__}", f"{tb.__module__}.{tb.__qualname__}"
+    for ca, cb in zip(a.children(), b.children()):
+        found = _first_class_difference(ca, cb)
+        if found is not None:
+            return found
+    return None
+
+
 def check_tree_match(
     fn: str, updates: PyTree, reference: PyTree, what: str = "updates", ref_name: str = "state"
 ) -> None:
@@ -304,6 +318,13 @@ def check_tree_match(
             raise ValueError(
                 f"{fn}: tree structures differ: {name} has {name}{extra} which {other} lacks "
                 f"({len(u_paths)} leaves in {what}, {len(r_paths)} in {ref_name})"
+            )
+        classes = _first_class_difference(u_def, r_def)
+        if classes is not None and classes[0].split(".")[-1] == classes[1].split(".")[-1]:
+            raise ValueError(
+                f"{fn}: tree structures differ: the same key paths, but {what} has a "
+                f"{classes[0]} node where {ref_name} has a {classes[1]} one (two classes of the "
+                f"same name from different libraries); build both with the same library"
             )
         raise ValueError(f"{fn}: tree structures differ: {what} is {u_def}, {ref_name} is {r_def}")
     for (path, u), (_, r) in zip(u_leaves, r_leaves):

@@ -142,8 +142,21 @@ def divide(numerator: GradientTransformation, denominator: GradientTransformatio
 # Masks.
 
 
-class MaskedNode(NamedTuple):
+class _MaskedNode(NamedTuple):
     """Stands in for a leaf (or subtree) that a mask leaves out: an empty pytree."""
+
+
+def _masked_node_class() -> type:
+    """optax's `MaskedNode` when optax is importable (one class, so the masked states that
+    optax made and those gradtx makes have the same tree structure), else gradtx's own."""
+    try:
+        from optax.transforms import MaskedNode as optax_masked_node
+    except ImportError:  # pragma: no cover - tested in a subprocess without optax
+        return _MaskedNode
+    return optax_masked_node
+
+
+MaskedNode: type = _masked_node_class()
 
 
 class MaskedState(NamedTuple):

@@ -102,7 +102,9 @@ def apply_if_finite(
         accept = jnp.logical_or(finite, notfinite_count > max_consecutive_errors)
         out = jax.tree.map(lambda u: jnp.where(accept, u, jnp.zeros_like(u)), new_updates)
         inner_state = jax.tree.map(
-            lambda new, old: jnp.where(accept, new, old), new_inner, state.inner_state
+            lambda new, old: jnp.where(accept, new, old),
+            numerics.in_structure_of(new_inner, state.inner_state),
+            state.inner_state,
         )
         total = jnp.where(
             finite, state.total_notfinite, numerics.safe_increment(state.total_notfinite)

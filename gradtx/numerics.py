@@ -157,6 +157,25 @@ def flatten_with_path(
     return jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
 
 
+def in_structure_of(new: PyTree, old: PyTree) -> PyTree:
+    """`new`'s leaves in `old`'s tree structure.
+
+    A piece builds its new state with its own classes; given a state of another library's
+    classes with the same fields (optax's), a wrapper that selects between the new and the
+    old state (`jnp.where`, `lax.cond`) needs one structure: the old one, the caller's.
+    """
+    new_leaves, new_def = jax.tree.flatten(new)
+    old_def = jax.tree.structure(old)
+    if new_def == old_def:
+        return new
+    if new_def.num_leaves != old_def.num_leaves:
+        raise ValueError(
+            f"the inner transformation's new state has {new_def.num_leaves} leaves where its "
+            f"state had {old_def.num_leaves}: {new_def} against {old_def}"
+        )
+    return jax.tree.unflatten(old_def, new_leaves)
+
+
 def tree_map_multi(fn: Callable[..., tuple], num_outputs: int, tree: PyTree, *rest: PyTree):
     """Maps `fn` over leaves and returns `num_outputs` trees, one per output of `fn`.
 

@@ -131,7 +131,7 @@ def reduce_on_plateau(
         cooling = state.cooldown_count > 0
         reduce = jnp.logical_and(jnp.logical_not(cooling), plateau >= patience)
         reduced = jnp.maximum(state.scale * jnp.asarray(factor, f32), jnp.asarray(min_scale, f32))
-        return ReduceOnPlateauState(
+        return state._replace(  # keeps the caller's class (optax's state is accepted)
             scale=jnp.where(reduce, reduced, state.scale),
             best_value=best,
             plateau_count=jnp.where(cooling | reduce, 0, plateau).astype(jnp.int32),
@@ -150,6 +150,7 @@ def reduce_on_plateau(
             )
         if jnp.ndim(value) != 0:
             raise ValueError(f"{fn}: value must be a scalar, got shape {jnp.shape(value)}")
+        checks.check_state(fn, state, ReduceOnPlateauState)
         count = numerics.safe_increment(state.count)
         total = state.count.astype(f32) * state.avg_value + jnp.asarray(value).astype(f32)
         mean = total / count.astype(f32)

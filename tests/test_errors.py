@@ -287,3 +287,18 @@ def test_tree_mismatch_names_what_the_updates_were_compared_with(opt, expected):
     bad = {"dense": {"w": jnp.ones((4, 3)), "bias": jnp.zeros(4)}}
     with pytest.raises(ValueError, match=re.escape(expected)):
         opt.update(bad, opt.init(PARAMS), PARAMS)
+
+
+def test_tree_mismatch_of_same_named_classes_says_they_come_from_two_libraries():
+    import collections
+
+    ours = collections.namedtuple("Node", ["x"])
+    theirs = collections.namedtuple("Node", ["x"])
+    opt = gradtx.ema(0.9)
+    state = opt.init({"a": ours(jnp.zeros(2))})
+    with pytest.raises(
+        ValueError,
+        match=r"ema: tree structures differ: the same key paths, but "
+        r"updates has a .*Node node where state has a .*Node one \(two classes",
+    ):
+        opt.update({"a": theirs(jnp.ones(2))}, state)

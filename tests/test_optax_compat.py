@@ -117,6 +117,11 @@ def test_gradtx_works_without_optax_installed():
         "assert isinstance(opt, tuple) and len(opt) == 2\n"
         "assert type(opt).__mro__[1].__name__ == '_Pair'\n"
         "print(gradtx.apply_updates(p, u)['x'])\n"
+        "m = gradtx.masked(gradtx.adam(0.1), {'x': True, 'y': False})\n"
+        "q = {'x': jnp.ones(2), 'y': jnp.ones(1)}\n"
+        "u, s = m.update(q, m.init(q), q)\n"
+        "assert type(s.inner_state[0].mu['y']).__module__ == 'gradtx.combine'\n"
+        "assert float(u['y'][0]) == 1.0\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
@@ -620,3 +625,45 @@ def test_learning_rate_none_means_no_scaling():
         u, _ = tx.update(params, tx.init(params))
         np.testing.assert_array_equal(u["x"], 0.5)
     assert repr(gradtx.scale_by_learning_rate(None)) == "scale_by_learning_rate(None)"
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS) + ["plateau"])
+def test_optax_s_own_state_objects_drive_gradtx(name):
+    """optax's state objects themselves (optax's NamedTuple classes, not a restored copy) go
+    into gradtx's jitted update and give optax's trajectory."""
+    if name == "plateau":
+        ours, ref = (
+            gradtx.reduce_on_plateau(patience=1),
+            optax.contrib.reduce_on_plateau(patience=1),
+        )
+        extra = lambda t: {"value": jnp.asarray(1.0)}  # noqa: E731  # a plateau: reduces
+    elif name == "rmsprop_bias":  # eps=1e-8 there: step one's variance is 0 +- round-off,
+        # which gradtx clips at 0 (documented) and optax does not; a larger eps is comparable
+        make = lambda m: m.rmsprop(0.1, bias_correction=True, centered=True, eps=0.1)  # noqa: E731
+        (ours, ref), extra = (make(gradtx), make(optax)), (lambda t: {})
+    else:
+        (ours, ref), extra = _both(name), (lambda t: {})
+    params = _params()
+
+    def go(opt, lib, state, steps):
+        p = params
+        step = jax.jit(lambda p, s, t, kw: opt.update(_grad(p, t), s, p, **kw))
+        for t in range(steps):
+            u, state = step(p, state, jnp.asarray(t, jnp.float32), extra(t))
+            p = lib.apply_updates(p, u)
+        return p, state
+
+    p_ours, s_ours = go(ours, gradtx, ref.init(params), 4)
+    p_ref, s_ref = run_optax(lambda: go(ref, optax, ref.init(params), 4))
+    _close(p_ours, p_ref)
+    _close(s_ours, s_ref)
+
+
+def test_masked_node_is_optax_s_class():
+    """One class: a masked state made by optax and one made by gradtx have one structure."""
+    assert gradtx.MaskedNode is optax.MaskedNode
+    params = _params()
+    mask = {"w": True, "b": False, "s": True}
+    ours = gradtx.masked(gradtx.adam(0.1), mask).init(params)
+    ref = optax.masked(optax.adam(0.1), mask).init(params)
+    assert jax.tree.structure(ours.inner_state[0].mu) == jax.tree.structure(ref.inner_state[0].mu)
