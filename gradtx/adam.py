@@ -100,18 +100,19 @@ def scale_by_adam(
         c1_next = debias_factor(b1, numerics.safe_increment(count)) if nesterov else None
 
         def leaf(g, m, v):
+            cast = numerics.cast
             dtype = numerics.compute_dtype(g, m, v)
             real = numerics.real_dtype(dtype)  # v is real: |g|^2 for complex g
-            x = g.astype(dtype)
-            m_new = b1 * m.astype(dtype) + (1 - b1) * x
-            v_new = b2 * v.astype(real) + (1 - b2) * numerics.abs_sq(x)
+            x = cast(g, dtype)
+            m_new = b1 * cast(m, dtype) + (1 - b1) * x
+            v_new = b2 * cast(v, real) + (1 - b2) * numerics.abs_sq(x)
             if c1_next is not None:  # Nesterov
-                m_hat = b1 * (m_new * c1_next.astype(dtype)) + (1 - b1) * (x * c1.astype(dtype))
+                m_hat = b1 * (m_new * cast(c1_next, dtype)) + (1 - b1) * (x * cast(c1, dtype))
             else:
-                m_hat = m_new * c1.astype(dtype)
-            v_hat = v_new * c2.astype(real)
-            u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps).astype(dtype)
-            return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
+                m_hat = m_new * cast(c1, dtype)
+            v_hat = v_new * cast(c2, real)
+            u = m_hat / cast(jnp.sqrt(v_hat + eps_root) + eps, dtype)
+            return cast(u, g.dtype), cast(m_new, m.dtype), cast(v_new, v.dtype)
 
         out, mu, nu = numerics.tree_map_multi(leaf, 3, updates, state.mu, state.nu)
         return out, ScaleByAdamState(count, mu, nu)

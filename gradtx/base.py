@@ -313,24 +313,24 @@ def apply_updates(params: Params, updates: Updates) -> Params:
             would be dropped).
     """
     checks.check_tree_match("apply_updates", updates, params, "updates", "params")
-    paths = [jax.tree_util.keystr(path) for path, _ in tree_leaves_with_none(params)]
-    leaves_u = [u for _, u in tree_leaves_with_none(updates)]
+    leaves_u = jax.tree.leaves(updates, is_leaf=lambda x: x is None)
     leaves_p, treedef = numerics.flatten(params, is_leaf=lambda x: x is None)
 
-    def add(path, p, u):
+    def add(i, p, u):
         if p is None:
             return None
-        p = jnp.asarray(p)
+        p = p if isinstance(p, jax.Array) else jnp.asarray(p)
         if numerics.is_complex(u) and not numerics.is_complex(p):
+            path = jax.tree_util.keystr(tree_leaves_with_none(params)[i][0])
             raise TypeError(
                 f"apply_updates: updates{path} is {jnp.result_type(u)} but params{path} is "
                 f"{p.dtype}: adding would drop the imaginary part; make the parameter complex "
                 "or take the real part of the update explicitly"
             )
         dtype = numerics.compute_dtype(p, u)
-        return (p.astype(dtype) + jnp.asarray(u).astype(dtype)).astype(p.dtype)
+        return numerics.cast(numerics.cast(p, dtype) + numerics.cast(u, dtype), p.dtype)
 
-    return treedef.unflatten([add(*x) for x in zip(paths, leaves_p, leaves_u)])
+    return treedef.unflatten([add(i, p, u) for i, (p, u) in enumerate(zip(leaves_p, leaves_u))])
 
 
 def tree_leaves_with_none(tree: PyTree) -> list[tuple[Any, Any]]:

@@ -296,8 +296,14 @@ def check_tree_match(
     e.g. `scale_by_adam: updates['dense']['bias'] has shape (4,), state has (3,)`.
     Runs at trace time only (shapes are static), so it costs nothing under `jit`.
     """
-    u_leaves, u_def = jax.tree_util.tree_flatten_with_path(updates)
-    r_leaves, r_def = jax.tree_util.tree_flatten_with_path(reference)
+    u_flat, u_def = jax.tree_util.tree_flatten(updates)
+    r_flat, r_def = jax.tree_util.tree_flatten(reference)
+    if _same_structure(u_def, r_def) and all(
+        jnp.shape(u) == jnp.shape(r) for u, r in zip(u_flat, r_flat)
+    ):
+        return  # the usual case, without key paths (trace time)
+    u_leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
+    r_leaves = jax.tree_util.tree_flatten_with_path(reference)[0]
     if not _same_structure(u_def, r_def):
         u_paths = [jax.tree_util.keystr(p) for p, _ in u_leaves]
         r_paths = [jax.tree_util.keystr(p) for p, _ in r_leaves]

@@ -33,13 +33,13 @@ def moment_update(decay: float, moment: Array, value: Array, order: int = 1) -> 
     real.
     """
     dtype = numerics.compute_dtype(moment, value)
-    x = jnp.asarray(value).astype(dtype)
+    x = numerics.cast(value, dtype)
     if order == 2:
         x = numerics.abs_sq(x)
         dtype = numerics.compute_dtype(moment, x)  # real, unless the moment is complex
     beta = numerics.as_compute(decay, dtype)
-    new = beta * moment.astype(dtype) + (1 - beta) * x.astype(dtype)
-    return jnp.asarray(new).astype(moment.dtype)
+    new = beta * numerics.cast(moment, dtype) + (1 - beta) * numerics.cast(x, dtype)
+    return numerics.cast(new, moment.dtype)
 
 
 def debias_factor(decay: Any, count: Array) -> Array:

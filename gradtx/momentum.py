@@ -68,9 +68,10 @@ def trace(
         def leaf(g, v):
             dtype = numerics.compute_dtype(g, v)
             beta = numerics.as_compute(decay, dtype)
-            v_new = beta * v.astype(dtype) + g.astype(dtype)
-            out = g.astype(dtype) + beta * v_new if nesterov else v_new
-            return out.astype(g.dtype), v_new.astype(v.dtype)
+            cast = numerics.cast
+            v_new = beta * cast(v, dtype) + cast(g, dtype)
+            out = cast(g, dtype) + beta * v_new if nesterov else v_new
+            return cast(out, g.dtype), cast(v_new, v.dtype)
 
         out, new_trace = numerics.tree_map_multi(leaf, 2, updates, state.trace)
         return out, TraceState(new_trace)

@@ -59,6 +59,24 @@ def evaluate(value: ScalarOrSchedule, count: jax.Array) -> ArrayLike:
     return value(count) if callable(value) else value
 
 
+_F32 = np.dtype(np.float32)
+
+
+def _dtype_of(x: Any) -> np.dtype:
+    """`x`'s dtype: its own for an array or a tracer, JAX's rule for a Python number."""
+    dtype = getattr(x, "dtype", None)
+    return dtype if isinstance(dtype, np.dtype) else jnp.result_type(x)
+
+
+def cast(x: Any, dtype: Any) -> jax.Array:
+    """`jnp.asarray(x).astype(dtype)`, without the call when `x` already is a strongly typed
+    array of that dtype (the usual case: the per-leaf casts of the update math cost trace time,
+    nothing at run time)."""
+    if isinstance(x, jax.Array) and x.dtype == dtype and not x.weak_type:
+        return x
+    return jnp.asarray(x).astype(dtype)
+
+
 def compute_dtype(*arrays: ArrayLike) -> np.dtype:
     """The dtype update math runs in: float32, float64 if any input is 64-bit, and the
     complex dtype of that width if any input is complex.
@@ -66,7 +84,9 @@ def compute_dtype(*arrays: ArrayLike) -> np.dtype:
     Explicit, so it works under strict dtype promotion, where bfloat16 and
     float32 have no implicit common type.
     """
-    dtypes = [jnp.result_type(x) for x in arrays]
+    dtypes = [_dtype_of(x) for x in arrays]
+    if all(d == _F32 for d in dtypes):  # the common case, without the lattice (trace time)
+        return _F32
     wide = any(d in (jnp.float64, jnp.complex128) for d in dtypes)
     if any(jnp.issubdtype(d, jnp.complexfloating) for d in dtypes):
         return jnp.dtype(jnp.complex128 if wide else jnp.complex64)
@@ -85,8 +105,8 @@ def common_dtype(*dtypes: Any) -> np.dtype:
 
 def is_complex(x: Any) -> bool:
     """Whether `x` (an array or a dtype) is complex."""
-    dtype = x if isinstance(x, np.dtype) else jnp.result_type(x)
-    return bool(jnp.issubdtype(dtype, jnp.complexfloating))
+    dtype = x if isinstance(x, np.dtype) else _dtype_of(x)
+    return dtype.kind == "c"
 
 
 def real_dtype(dtype: Any) -> np.dtype:
@@ -123,9 +143,11 @@ def scale_leaf(u: ArrayLike, s: ArrayLike) -> jax.Array:
     A bfloat16 update times a float32 factor keeps the factor's precision for
     the product; under `jit` the casts fuse into the multiply.
     """
-    u = jnp.asarray(u)
+    u = u if isinstance(u, jax.Array) else jnp.asarray(u)
     dtype = compute_dtype(u)
-    return (u.astype(dtype) * jnp.asarray(s).astype(dtype)).astype(u.dtype)
+    if isinstance(s, (int, float)):  # a Python number is weakly typed: no cast needed
+        return cast(cast(u, dtype) * s, u.dtype)
+    return cast(cast(u, dtype) * cast(s, dtype), u.dtype)
 
 
 def as_arrays(tree: PyTree) -> PyTree:

@@ -45,7 +45,7 @@ class ScaleByRssState(NamedTuple):
 def _inverse_root(s: Array, eps: float, eps_in_sqrt: bool) -> Array:
     r"""$1/\sqrt{s + \epsilon}$ or $1/(\sqrt{s} + \epsilon)$, in float32 or wider."""
     dtype = numerics.compute_dtype(s)
-    s, e = s.astype(dtype), numerics.as_compute(eps, dtype)
+    s, e = numerics.cast(s, dtype), numerics.as_compute(eps, dtype)
     if eps_in_sqrt:
         return jax.lax.rsqrt(s + e)
     return 1 / (jnp.sqrt(s) + e)

@@ -60,8 +60,8 @@ def add_decayed_weights(
         def leaf(g, p):
             if g is None:
                 return None
-            g = jnp.asarray(g)
-            return g + numerics.scale_leaf(p, wd).astype(g.dtype)
+            g = g if isinstance(g, jax.Array) else jnp.asarray(g)
+            return g + numerics.cast(numerics.scale_leaf(p, wd), g.dtype)
 
         out = jax.tree.map(leaf, updates, params, is_leaf=lambda x: x is None)
         if scheduled:

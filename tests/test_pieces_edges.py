@@ -183,3 +183,36 @@ def test_chain_refuses_a_state_of_the_wrong_length(entries):
         opt.update(g, wrong)
     # a state restored as a list (Orbax without a target) is the same state
     assert jnp.array_equal(opt.update(g, list(state))[0], opt.update(g, state)[0])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gradtx.adam(0.1),
+        lambda: gradtx.sgd(0.1, momentum=0.9),
+        lambda: gradtx.sgd(0.1),
+        lambda: gradtx.rmsprop(0.1),
+        lambda: gradtx.adamw(0.1),
+    ],
+)
+def test_weakly_typed_gradients_give_strongly_typed_states_and_updates(make):
+    """The trace-time shortcut of `numerics.cast` (no cast when the dtype already matches)
+    must not let a weak type through: the state would change type between steps (a retrace
+    under jit, an error as a scan carry)."""
+    opt = make()
+    params = {"w": jnp.ones(3)}
+    state = opt.init(params)
+    grads = {"w": jnp.asarray(0.5) * jnp.ones(3)}  # strong
+    weak = {"w": jnp.asarray(0.5)}  # a weakly typed scalar leaf
+    params_weak = {"w": jnp.asarray(1.0)}
+    state_weak = opt.init(params_weak)
+    for g, p, s in [(grads, params, state), (weak, params_weak, state_weak)]:
+        out = jax.eval_shape(lambda g, s, p: opt.update(g, s, p), g, s, p)
+        for leaf in jax.tree.leaves(out):
+            assert not leaf.weak_type, out
+    (_, new), _ = jax.lax.scan(
+        lambda c, _: ((None, opt.update(weak, c[1], params_weak)[1]), None),
+        (None, state_weak),
+        length=2,
+    )
+    assert jax.tree.structure(new) == jax.tree.structure(state_weak)
