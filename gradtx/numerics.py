@@ -186,8 +186,9 @@ def in_structure_of(new: PyTree, old: PyTree) -> PyTree:
     classes with the same fields (optax's), a wrapper that selects between the new and the
     old state (`jnp.where`, `lax.cond`) needs one structure: the old one, the caller's.
     """
-    new_leaves, new_def = jax.tree.flatten(new)
-    old_def = jax.tree.structure(old)
+    new_leaves, new_def_ = jax.tree.flatten(new)
+    new_def: Any = new_def_  # jaxlib ships no stubs for PyTreeDef
+    old_def: Any = jax.tree.structure(old)
     if new_def == old_def:
         return new
     if new_def.num_leaves != old_def.num_leaves:
