@@ -22,9 +22,10 @@ several *optimiser steps* (one mini-batch each); this one splits *one* step's ba
 
 Differences from optax 0.2.8 (stricter, or accepting more): `microbatch_size` must be a
 positive integer and `num_real_microbatches` a non-negative one (when concrete); errors name
-the function; optax's own `Accumulator` and `AccumulationType` values are accepted too; a
-batch axis with no sharding entry in an explicit mesh is treated as unsharded (optax 0.2.8
-raises an `IndexError` there).
+the function; optax's own `Accumulator` and `AccumulationType` values are accepted too; explicitly
+sharded batches work with jax 0.10 (optax 0.2.8 tests `jax.__version__ < '0.7.0'` as strings,
+which is true for '0.10.2', so it skips its sharding path and its reshape of an explicitly
+sharded batch fails).
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ import jax.numpy as jnp
 
 from gradtx import checks
 from gradtx.typing import PyTree
+
+__all__ = [
+    "AccumulationType",
+    "Accumulator",
+    "IndividualOutputs",
+    "micro_grad",
+    "micro_vmap",
+    "microbatch",
+    "reshape_batch_axis",
+]
 
 Function = Callable[..., Any]
 VmapFn = Callable[[Function, Any, Any], Function]
