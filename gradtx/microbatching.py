@@ -21,7 +21,8 @@ Compared with `gradtx.accumulate` (optax's `MultiSteps`): that one averages grad
 several *optimiser steps* (one mini-batch each); this one splits *one* step's batch.
 
 Differences from optax 0.2.8 (stricter, or accepting more): `microbatch_size` must be a
-positive integer and `num_real_microbatches` a non-negative one (when concrete); errors name
+positive integer and `num_real_microbatches` a non-negative one, at most the number of
+microbatches (when concrete; optax reads past the batch, clamped); errors name
 the function; optax's own `Accumulator` and `AccumulationType` values are accepted too; explicitly
 sharded batches work with jax 0.10 (optax 0.2.8 tests `jax.__version__ < '0.7.0'` as strings,
 which is true for '0.10.2', so it skips its sharding path and its reshape of an explicitly
@@ -343,7 +344,8 @@ def microbatch(
 
     Raises:
         ValueError: for a `microbatch_size` below 1; when called, for batch axes of
-            different sizes or a size `microbatch_size` does not divide.
+            different sizes or a size `microbatch_size` does not divide, or a concrete
+            `num_real_microbatches` above the number of microbatches.
     """
     if microbatch_size is None:
         return fun
@@ -360,6 +362,12 @@ def microbatch(
             microbatch_size, argnums, argnames, axes, args, kwargs
         )
         n = batch_size // microbatch_size
+        real = num_real_microbatches
+        if real is not None and checks.is_concrete(real) and int(real) > n:
+            raise ValueError(
+                f"microbatch: num_real_microbatches must be at most the {n} microbatches "
+                f"of the batch, got {int(real)}"
+            )
         acc = _resolve(accumulator, n)
         take = lambda index, ax: functools.partial(jnp.take, indices=index, axis=ax)
 

@@ -287,3 +287,5 @@ def test_bad_input():
         gm.micro_grad(_loss, has_aux=1)
     with pytest.raises(ValueError, match="num_real_microbatches must be an integer >= 0"):
         gm.microbatch(_fun, 1, 2, num_real_microbatches=-1)
+    with pytest.raises(ValueError, match="at most the 4 microbatches of the batch, got 5"):
+        gm.microbatch(_fun, 1, 2, num_real_microbatches=5)(_params(), _batch())
