@@ -7,7 +7,7 @@ optimisers are short chains of them. Structurally compatible with optax.
 
 from importlib import metadata as _metadata
 
-from gradtx import data, projections, schedules, spec, tree, tree_utils
+from gradtx import data, microbatching, projections, schedules, spec, tree, tree_utils
 from gradtx.accumulation import AccumulateState, MultiStepsState, accumulate, has_updated
 from gradtx.adam import (
     ScaleByAdamState,
@@ -16,6 +16,7 @@ from gradtx.adam import (
     scale_by_adam_composed,
     scale_by_amsgrad,
 )
+from gradtx.averaging import incremental_update, periodic_update
 from gradtx.base import (
     EmptyState,
     GradientTransformation,
@@ -66,6 +67,7 @@ from gradtx.hyperparams import (
     inject_stateful_hyperparams,
     set_hyperparam,
 )
+from gradtx.microbatching import microbatch
 from gradtx.momentum import TraceState, trace
 from gradtx.monitor import MonitorNormsState, monitor_norms
 from gradtx.native import native_status
@@ -149,6 +151,7 @@ __all__ = [
     "accumulate",
     "has_updated",
     "data",
+    "microbatching",
     "projections",
     "tree",
     "tree_utils",
@@ -236,6 +239,9 @@ __all__ = [
     "add_decayed_weights",
     "amsgrad",
     "apply_updates",
+    "incremental_update",
+    "periodic_update",
+    "microbatch",
     "bias_correction",
     "chain",
     "clip",

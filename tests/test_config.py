@@ -102,6 +102,9 @@ NOT_FACTORIES = {
     "init_empty_state",  # returns a state
     "with_extra_args_support",  # returns the transformation it is given (a gradtx one as is)
     "inject_stateful_hyperparams",  # optax's older name: records as inject_hyperparams
+    "incremental_update",  # averages trees of parameters
+    "periodic_update",
+    "microbatch",  # wraps a user's function
 }
 
 

@@ -8,6 +8,7 @@ import pytest
 import gradtx
 from gradtx import (
     data,
+    microbatching,
     projections,
     safe_math,
     tree_arithmetic,
@@ -23,7 +24,15 @@ TREE_MODULES = (tree_utils, tree_arithmetic, tree_reductions, tree_build, tree_m
 PUBLIC = sorted(
     {
         (module.__name__, name)
-        for module in (gradtx, data, gradtx.schedules, *TREE_MODULES, projections, safe_math)
+        for module in (
+            gradtx,
+            data,
+            gradtx.schedules,
+            *TREE_MODULES,
+            projections,
+            safe_math,
+            microbatching,
+        )
         for name in module.__all__
         if inspect.isfunction(inspect.unwrap(getattr(module, name)))
     }
