@@ -8,6 +8,7 @@ optimisers are short chains of them. Structurally compatible with optax.
 from importlib import metadata as _metadata
 
 from gradtx import data, microbatching, projections, schedules, spec, tree, tree_utils
+from gradtx import typing as _typing
 from gradtx.accumulation import AccumulateState, MultiStepsState, accumulate, has_updated
 from gradtx.adam import (
     ScaleByAdamState,
@@ -123,6 +124,11 @@ from gradtx.warmup import (
 )
 from gradtx.weight_decay import AddDecayedWeightsState, WeightDecaySchedule, add_decayed_weights
 
+# optax's names for stateless pieces' states (all `EmptyState` there too) and for `partition`'s.
+ClipState = ClipByGlobalNormState = ScaleState = EmptyState
+MultiTransformState = PartitionState
+MaskOrFn = _typing.MaskOrFn
+
 # optax's top-level aliases of its tree utilities (`optax.update_moment`, ...). optax's
 # `bias_correction` alias (of `tree_bias_correction`) is not one: gradtx.bias_correction is
 # the transformation of IDEAS §3; use `gradtx.tree_utils.tree_bias_correction`.
@@ -207,6 +213,11 @@ __all__ = [
     "DivideState",
     "EmaState",
     "EmptyState",
+    "ClipState",
+    "ClipByGlobalNormState",
+    "ScaleState",
+    "MultiTransformState",
+    "MaskOrFn",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
     "MaskedNode",

@@ -23,7 +23,7 @@ import functools
 import inspect
 import numbers
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +50,22 @@ InjectHyperparamsState = InjectStatefulHyperparamsState  # what inject_hyperpara
 
 class WrappedScheduleState(NamedTuple):
     count: Array  # type: ignore[assignment]  # the schedule's own step count
+
+
+@runtime_checkable
+class StatefulSchedule(Protocol):
+    """optax's interface of a stateful schedule: `init()` gives its state, `update(state,
+    **extra_args)` the next state, `state -> value` its value (e.g. a learning rate that
+    reads `value=loss`). `inject_hyperparams` accepts any object with these three methods."""
+
+    def init(self) -> Any:
+        """The schedule's initial state."""
+
+    def update(self, state: Any, **extra_args: Any) -> Any:
+        """The state after one step."""
+
+    def __call__(self, state: Any, **extra_args: Any) -> ArrayLike:
+        """The value at `state`."""
 
 
 class WrappedSchedule:

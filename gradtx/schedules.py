@@ -45,6 +45,7 @@ from gradtx.checks import check_bool, check_finite, check_int
 from gradtx.hyperparams import (
     InjectHyperparamsState,
     InjectStatefulHyperparamsState,
+    StatefulSchedule,
     WrappedSchedule,
     WrappedScheduleState,
     inject_hyperparams,
@@ -80,6 +81,7 @@ __all__ = [
     # as in optax.schedules: the injection of (scheduled) hyper-parameters
     "InjectHyperparamsState",
     "InjectStatefulHyperparamsState",
+    "StatefulSchedule",
     "WrappedSchedule",
     "WrappedScheduleState",
     "inject_hyperparams",

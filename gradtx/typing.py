@@ -13,10 +13,12 @@ Updates = PyTree  # gradients or updates: a pytree shaped like the params
 OptState = PyTree  # a transformation's state: a pytree of arrays
 Schedule = Callable[[ArrayLike], ArrayLike]  # a step count -> a value
 ScalarOrSchedule = float | ArrayLike | Schedule
+MaskOrFn = Any | Callable[[Params], Any] | None  # a mask tree, a params -> mask function, or None
 
 __all__ = [
     "ArrayLike",
     "DTypeLike",
+    "MaskOrFn",
     "OptState",
     "Params",
     "PyTree",
