@@ -288,3 +288,17 @@ __all__ = [
     "trace",
     "with_extra_args_support",
 ]
+
+# Added by each part of the zoo and the rest of optax's API (issues 11 and 12), one list each.
+__all__ += [  # zoo-a
+]  # (end zoo-a)
+__all__ += [  # zoo-b
+]  # (end zoo-b)
+__all__ += [  # zoo-c
+]  # (end zoo-c)
+__all__ += [  # lbfgs
+]  # (end lbfgs)
+__all__ += [  # contrib
+]  # (end contrib)
+__all__ += [  # wrappers
+]  # (end wrappers)

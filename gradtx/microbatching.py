@@ -169,7 +169,9 @@ def _explicit_sharding(x: Any) -> Any:
     """`x`'s `NamedSharding` when its mesh is in explicit mode (shardings are types), else None."""
     sharding = getattr(jax.typeof(x), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
-    if mesh is None or not getattr(mesh, "are_all_axes_explicit", False):
+    # `mesh.axis_types` on every jax this package admits (`are_all_axes_explicit` is newer)
+    types = tuple(getattr(mesh, "axis_types", ()))
+    if not types or any(t != jax.sharding.AxisType.Explicit for t in types):
         return None
     return sharding
 
@@ -184,13 +186,15 @@ def _concat(num_microbatches: int) -> Accumulator:
     def finalize(carry: Any) -> Any:
         # Row r of microbatch i is row i + n r of the batch: undo reshape_batch_axis's
         # column-major split. The microbatch axis is unsharded; the rows keep their sharding.
+        # As a swap to (m, n), then a row-major merge (no gather; see reshape_batch_axis).
         sharding = _explicit_sharding(carry)
         shape = (-1, *carry.shape[2:])
+        rows_first = jnp.swapaxes(carry, 0, 1)
         if sharding is None:
-            return carry.reshape(shape, order="F")
+            return rows_first.reshape(shape)
         spec = jax.sharding.PartitionSpec(*tuple(sharding.spec)[1:])
         out = jax.sharding.NamedSharding(sharding.mesh, spec)
-        return carry.reshape(shape, order="F", out_sharding=out)
+        return rows_first.reshape(shape, out_sharding=out)
 
     return _per_leaf(init, update, finalize, lambda x: x)
 
@@ -252,13 +256,15 @@ def reshape_batch_axis(tree: Any, microbatch_size: int, axis: int = 0) -> Any:
     """
 
     def split(x: Any) -> Any:
-        shape = (*x.shape[:axis], -1, microbatch_size, *x.shape[axis + 1 :])
+        # column-major as a row-major split into (m, B / m), then a swap of the two axes:
+        # no gather (which an explicitly sharded batch axis refuses on older jax)
+        shape = (*x.shape[:axis], microbatch_size, -1, *x.shape[axis + 1 :])
         sharding = _explicit_sharding(x)
         if sharding is None:
-            return x.reshape(shape, order="F")
+            return jnp.swapaxes(x.reshape(shape), axis, axis + 1)
         spec = tuple(sharding.spec)
         entry = spec[axis] if len(spec) > axis else None
-        new_spec = jax.sharding.PartitionSpec(*spec[:axis], None, entry, *spec[axis + 1 :])
+        new_spec = jax.sharding.PartitionSpec(*spec[:axis], entry, None, *spec[axis + 1 :])
         shards = x.shape[axis] // sharding.shard_shape(x.shape)[axis]
         if microbatch_size % shards != 0:
             raise ValueError(
@@ -266,7 +272,7 @@ def reshape_batch_axis(tree: Any, microbatch_size: int, axis: int = 0) -> Any:
                 f"shards of the batch axis, got {microbatch_size}"
             )
         out = jax.sharding.NamedSharding(sharding.mesh, new_spec)
-        return x.reshape(shape, order="F", out_sharding=out)
+        return jnp.swapaxes(x.reshape(shape, out_sharding=out), axis, axis + 1)
 
     return jax.tree.map(split, tree)
 

@@ -76,6 +76,18 @@ EXAMPLES = [
     gradtx.sgd(S.join_schedules([S.constant_schedule(0.1), S.linear_schedule(0.1, 0, 10)], [5])),
     gradtx.sgd(S.cosine_onecycle_schedule(100, 0.1)),
     gradtx.sgd(S.linear_onecycle_schedule(100, 0.1, pct_final=0.9)),
+    # zoo-a
+    # (end zoo-a)
+    # zoo-b
+    # (end zoo-b)
+    # zoo-c
+    # (end zoo-c)
+    # lbfgs
+    # (end lbfgs)
+    # contrib
+    # (end contrib)
+    # wrappers
+    # (end wrappers)
 ]
 
 # Public callables of gradtx that are not factories of transformations or schedules.
@@ -105,6 +117,18 @@ NOT_FACTORIES = {
     "incremental_update",  # averages trees of parameters
     "periodic_update",
     "microbatch",  # wraps a user's function
+    # zoo-a
+    # (end zoo-a)
+    # zoo-b
+    # (end zoo-b)
+    # zoo-c
+    # (end zoo-c)
+    # lbfgs
+    # (end lbfgs)
+    # contrib
+    # (end contrib)
+    # wrappers
+    # (end wrappers)
 }
 
 
@@ -144,6 +168,18 @@ def test_the_examples_cover_every_public_factory():
     # Optimisers are short chains: they are covered by the pieces they are made of, and by
     # name where a made factory (inject_hyperparams) records them.
     optimisers = {"sgd", "momentum_ewa", "rmsprop", "adagrad", "adam", "adamw", "nadam", "amsgrad"}
+    # zoo-a
+    # (end zoo-a)
+    # zoo-b
+    # (end zoo-b)
+    # zoo-c
+    # (end zoo-c)
+    # lbfgs
+    # (end lbfgs)
+    # contrib
+    # (end contrib)
+    # wrappers
+    # (end wrappers)
     # stateless pieces wrap a user's function, which has no config (refused, tested below).
     user_functions = {"stateless", "stateless_with_tree_map"}
     missing = public - found - optimisers - user_functions - {"scale_by_adam_composed"}

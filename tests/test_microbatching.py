@@ -37,12 +37,31 @@ def _close(a, b, rtol=1e-6):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-6)
 
 
+def _optax_microbatching_runs():
+    # optax 0.2.8 reads `AbstractMesh.are_all_axes_explicit` on every call from jax 0.7.0 on
+    # (by a string comparison of versions, which 0.10 escapes); jax 0.7.0 lacks it.
+    try:
+        om.reshape_batch_axis(jnp.zeros((2, 1)), 1)
+    except AttributeError:
+        return False
+    return True
+
+
+OPTAX_RUNS = _optax_microbatching_runs()
+needs_optax = pytest.mark.skipif(
+    not OPTAX_RUNS,
+    reason="optax 0.2.8's microbatching fails on this jax (no are_all_axes_explicit): the "
+    "parity runs on the pinned jax; the by-hand checks of this file run here",
+)
+
+
 def _mods():
-    return [(gm, gm.AccumulationType), (om, om.AccumulationType)]
+    optax = [(om, om.AccumulationType)] if OPTAX_RUNS else []
+    return [(gm, gm.AccumulationType), *optax]
 
 
 def _both(make):
-    """`make(module, AccumulationType)` for gradtx and for optax."""
+    """`make(module, AccumulationType)` for gradtx, then for optax where optax's runs here."""
     return [make(m, t) for m, t in _mods()]
 
 
@@ -61,7 +80,8 @@ def test_reshape_batch_axis_matches_optax(axis):
     if axis == 0:
         tree = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), tree)
     ours = gm.reshape_batch_axis(tree, 2, axis)
-    _close(ours, om.reshape_batch_axis(tree, 2, axis))
+    if OPTAX_RUNS:
+        _close(ours, om.reshape_batch_axis(tree, 2, axis))
     # column-major: microbatch i holds rows i, i + 4, ...
     rows = jnp.take(tree["a"], jnp.array([1, 5]), axis=axis)
     np.testing.assert_array_equal(jnp.take(ours["a"], 1, axis=axis), rows)
@@ -82,6 +102,7 @@ ACCUMULATORS = {
 }
 
 
+@needs_optax
 @pytest.mark.parametrize("acc", ACCUMULATORS, ids=str)
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("num_real", [None, 3])
@@ -114,7 +135,8 @@ def test_microbatch_argnames_in_axes_and_traced_num_real():
     for m, t in _mods():
         f = m.microbatch(fun, 1, 2, t.SUM, argnames="ys", in_axes=(1, 0))
         outs.append(f(_params(), xs, ys=ys, scale=2.0))
-    _close(*outs)
+    for theirs in outs[1:]:
+        _close(outs[0], theirs)
     np.testing.assert_allclose(outs[0], fun(_params(), xs, ys=ys, scale=2.0), rtol=1e-5)
 
     outs = []
@@ -126,7 +148,13 @@ def test_microbatch_argnames_in_axes_and_traced_num_real():
             return f(_params(), xs, ys=ys, scale=1.0)
 
         outs.append(jax.jit(run)(jnp.asarray(3)))
-    _close(*outs)
+    for theirs in outs[1:]:
+        _close(outs[0], theirs)
+    # the mean over the 3 real of 4 microbatches; microbatch i holds examples i and i + 4
+    pair = lambda i: jnp.array([i, i + 4])
+    by_hand = np.mean([fun(_params(), xs[:, pair(i)], ys=ys[pair(i)], scale=1.0)
+                       for i in range(3)])  # fmt: skip
+    np.testing.assert_allclose(outs[0], by_hand, rtol=1e-5)
 
 
 def test_microbatch_size_none_is_the_function():
@@ -135,7 +163,9 @@ def test_microbatch_size_none_is_the_function():
 
 def test_optax_enums_and_custom_accumulators_are_accepted():
     ours = gm.microbatch(_fun, 1, 2, om.AccumulationType.MEAN)(_params(), _batch())
-    _close(ours, om.microbatch(_fun, 1, 2, om.AccumulationType.MEAN)(_params(), _batch()))
+    _close(ours, gm.microbatch(_fun, 1, 2, gm.AccumulationType.MEAN)(_params(), _batch()))
+    if OPTAX_RUNS:
+        _close(ours, om.microbatch(_fun, 1, 2, om.AccumulationType.MEAN)(_params(), _batch()))
     # a max accumulator, written once for each library's Accumulator class
     for acc_cls in (gm.Accumulator, om.Accumulator):
         acc = acc_cls(
@@ -159,8 +189,9 @@ def test_micro_vmap_matches_optax_and_vmap(acc, size):
         f = m.micro_vmap(fun, in_axes=(0, None), microbatch_size=size, accumulator=kind)
         return jax.jit(f)(_batch()["x"], _params(), z=_batch()["y"])
 
-    ours, theirs = _both(make)
-    _close(ours, theirs)
+    ours, *theirs = _both(make)
+    for t in theirs:
+        _close(ours, t)
     stacked = jax.vmap(fun, in_axes=(0, None))(_batch()["x"], _params(), z=_batch()["y"])
     reduce = {"concat": lambda x: x, "sum": lambda x: x.sum(0), "mean": lambda x: x.mean(0)}[acc]
     _close(ours, jax.tree.map(reduce, stacked), rtol=1e-5)
@@ -195,8 +226,9 @@ def test_micro_grad_matches_optax(size, jit):
         )
         return (jax.jit(f) if jit else f)(_params(), _batch())
 
-    ours, theirs = _both(make)
-    _close(ours, theirs, rtol=1e-5)
+    ours, *theirs = _both(make)
+    for t in theirs:
+        _close(ours, t, rtol=1e-5)
     # the unclipped mean of per-example gradients is the mean loss's gradient
     _close(ours[0][1], jax.grad(_loss)(_params(), _batch()), rtol=1e-5)
     assert ours[1].values.shape == (B,) and ours[1].aux["pred"].shape == (B, 1)
@@ -211,14 +243,20 @@ def test_micro_grad_sum_without_batch_dim_and_argnums():
                          microbatch_size=4, num_real_microbatches=1)  # fmt: skip
         return f(_params(), _batch()["x"], _batch()["y"])
 
-    ours, theirs = _both(make)
-    _close(ours, theirs, rtol=1e-5)
+    ours, *theirs = _both(make)
+    for t in theirs:
+        _close(ours, t, rtol=1e-5)
     rows = (0, 2, 4, 6)
     by_hand = jax.tree.map(
         lambda *g: sum(g),
         *[jax.grad(per_example)(_params(), _batch()["x"][i], _batch()["y"][i]) for i in rows],
     )
     _close(ours[0], by_hand, rtol=1e-5)  # microbatch 0 of 2 is rows 0, 2, 4, 6
+
+
+# the context manager that makes `mesh` the current one: `jax.set_mesh` from jax 0.8 on,
+# `jax.sharding.use_mesh` before (jax.sharding.set_mesh there sets it for good)
+_use_mesh = getattr(jax, "set_mesh", None) or jax.sharding.use_mesh
 
 
 @pytest.fixture
@@ -229,7 +267,7 @@ def mesh():
 def test_reshape_batch_axis_keeps_batch_sharding(mesh):
     x = jnp.arange(32.0).reshape(16, 2)
     y = jnp.arange(32.0).reshape(2, 16)
-    with jax.set_mesh(mesh):
+    with _use_mesh(mesh):
         xs = jax.device_put(x, P("data"))
         ys = jax.device_put(y, P(None, "data"))
         rx = gm.reshape_batch_axis(xs, 4)
@@ -238,8 +276,9 @@ def test_reshape_batch_axis_keeps_batch_sharding(mesh):
         assert jax.typeof(ry).sharding.spec == P(None, None, "data")
         with pytest.raises(ValueError, match="multiple of the 4 shards"):
             gm.reshape_batch_axis(xs, 2)
-    _close(rx, om.reshape_batch_axis(x, 4))
-    _close(ry, om.reshape_batch_axis(y, 4, 1))
+    # microbatch i holds examples i, i + 4, ... (column-major), written out
+    _close(rx, jnp.stack([x[i::4] for i in range(4)]))
+    _close(ry, jnp.stack([y[:, i::4] for i in range(4)], axis=1))
 
 
 def test_microbatch_under_explicit_sharding(mesh):
@@ -252,18 +291,17 @@ def test_microbatch_under_explicit_sharding(mesh):
         return {"err": err, "sq": jnp.sum(err**2)}
 
     acc = {"err": t.CONCAT, "sq": t.SUM}
-    expected = om.microbatch(fun, 1, 4, {"err": om.AccumulationType.CONCAT,
-                                         "sq": om.AccumulationType.SUM})(params, batch)  # fmt: skip
-    with jax.set_mesh(mesh):
+    with _use_mesh(mesh):
         sharded = jax.device_put(batch, P("data"))
         out = jax.jit(gm.microbatch(fun, 1, 4, acc))(params, sharded)
         assert jax.typeof(out["err"]).sharding.spec == P("data")
         replicated = jax.device_put(params, P())  # under an explicit mesh, as jax needs
         grads, aux = jax.jit(gm.micro_grad(_loss, microbatch_size=4))(replicated, sharded)
         assert jax.typeof(aux.values).sharding.spec == P("data")
-    _close(out, expected, rtol=1e-5)
-    np.testing.assert_allclose(out["err"], fun(params, batch)["err"], rtol=1e-5)
-    _close(grads, om.micro_grad(_loss, microbatch_size=4)(params, batch)[0], rtol=1e-5)
+    # CONCAT and SUM of the microbatches are the full batch's; micro_grad SUMs the 16
+    # per-example gradients, 16 times the mean loss's gradient
+    _close(out, fun(params, batch), rtol=1e-5)
+    _close(grads, jax.tree.map(lambda g: 16 * g, jax.grad(_loss)(params, batch)), rtol=1e-5)
 
 
 def test_bad_input():
