@@ -7,7 +7,17 @@ optimisers are short chains of them. Structurally compatible with optax.
 
 from importlib import metadata as _metadata
 
-from gradtx import data, microbatching, projections, schedules, spec, tree, tree_utils
+from gradtx import (
+    contrib,
+    data,
+    microbatching,
+    projections,
+    schedules,
+    spec,
+    transforms,
+    tree,
+    tree_utils,
+)
 from gradtx import typing as _typing
 from gradtx.accumulation import AccumulateState, MultiStepsState, accumulate, has_updated
 from gradtx.adam import (
@@ -156,8 +166,10 @@ __all__ = [
     "MultiStepsState",
     "accumulate",
     "has_updated",
+    "contrib",
     "data",
     "microbatching",
+    "transforms",
     "projections",
     "tree",
     "tree_utils",
@@ -289,6 +301,7 @@ __all__ = [
     "with_extra_args_support",
 ]
 
+
 # Added by each part of the zoo and the rest of optax's API (issues 11 and 12), one list each.
 __all__ += [  # zoo-a
 ]  # (end zoo-a)
@@ -298,7 +311,7 @@ __all__ += [  # zoo-c
 ]  # (end zoo-c)
 __all__ += [  # lbfgs
 ]  # (end lbfgs)
-__all__ += [  # contrib
-]  # (end contrib)
-__all__ += [  # wrappers
-]  # (end wrappers)
+__all__ += [  # wrappers-a
+]  # (end wrappers-a)
+__all__ += [  # wrappers-b
+]  # (end wrappers-b)

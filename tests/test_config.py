@@ -84,10 +84,14 @@ EXAMPLES = [
     # (end zoo-c)
     # lbfgs
     # (end lbfgs)
-    # contrib
-    # (end contrib)
-    # wrappers
-    # (end wrappers)
+    # contrib-a
+    # (end contrib-a)
+    # contrib-b
+    # (end contrib-b)
+    # wrappers-a
+    # (end wrappers-a)
+    # wrappers-b
+    # (end wrappers-b)
 ]
 
 # Public callables of gradtx that are not factories of transformations or schedules.
@@ -125,10 +129,14 @@ NOT_FACTORIES = {
     # (end zoo-c)
     # lbfgs
     # (end lbfgs)
-    # contrib
-    # (end contrib)
-    # wrappers
-    # (end wrappers)
+    # contrib-a
+    # (end contrib-a)
+    # contrib-b
+    # (end contrib-b)
+    # wrappers-a
+    # (end wrappers-a)
+    # wrappers-b
+    # (end wrappers-b)
 }
 
 
@@ -176,10 +184,14 @@ def test_the_examples_cover_every_public_factory():
     # (end zoo-c)
     # lbfgs
     # (end lbfgs)
-    # contrib
-    # (end contrib)
-    # wrappers
-    # (end wrappers)
+    # contrib-a
+    # (end contrib-a)
+    # contrib-b
+    # (end contrib-b)
+    # wrappers-a
+    # (end wrappers-a)
+    # wrappers-b
+    # (end wrappers-b)
     # stateless pieces wrap a user's function, which has no config (refused, tested below).
     user_functions = {"stateless", "stateless_with_tree_map"}
     missing = public - found - optimisers - user_functions - {"scale_by_adam_composed"}

@@ -7,10 +7,12 @@ import pytest
 
 import gradtx
 from gradtx import (
+    contrib,
     data,
     microbatching,
     projections,
     safe_math,
+    transforms,
     tree_arithmetic,
     tree_build,
     tree_moments,
@@ -32,6 +34,8 @@ PUBLIC = sorted(
             projections,
             safe_math,
             microbatching,
+            contrib,
+            transforms,
         )
         for name in module.__all__
         if inspect.isfunction(inspect.unwrap(getattr(module, name)))

@@ -1,0 +1,47 @@
+"""`optax.transforms`' names: the combinators and wrappers, in one namespace as optax has them."""
+
+from gradtx.accumulation import MultiStepsState
+from gradtx.clipping import clip, clip_by_global_norm
+from gradtx.combine import (
+    MaskedNode,
+    MaskedState,
+    PartitionState,
+    chain,
+    masked,
+    named_chain,
+    partition,
+)
+from gradtx.ewa import EmaState, ema
+from gradtx.guards import ApplyIfFiniteState, ZeroNansState, apply_if_finite, zero_nans
+from gradtx.momentum import TraceState, trace
+from gradtx.weight_decay import add_decayed_weights
+
+__all__ = [
+    "ApplyIfFiniteState",
+    "EmaState",
+    "MaskedNode",
+    "MaskedState",
+    "MultiStepsState",
+    "PartitionState",
+    "TraceState",
+    "ZeroNansState",
+    "add_decayed_weights",
+    "apply_if_finite",
+    "chain",
+    "clip",
+    "clip_by_global_norm",
+    "ema",
+    "masked",
+    "named_chain",
+    "partition",
+    "trace",
+    "zero_nans",
+]
+
+# One list per part of the API work (issues 11 and 12).
+__all__ += [  # zoo-c
+]  # (end zoo-c)
+__all__ += [  # wrappers-a
+]  # (end wrappers-a)
+__all__ += [  # wrappers-b
+]  # (end wrappers-b)
