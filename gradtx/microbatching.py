@@ -136,7 +136,7 @@ def _per_leaf(
 
 def _sum() -> Accumulator:
     return _per_leaf(
-        jnp.zeros_like,
+        _zeros_like,
         lambda carry, value, _: carry + value,
         lambda x: x,
         functools.partial(jnp.sum, axis=0),
@@ -145,7 +145,7 @@ def _sum() -> Accumulator:
 
 def _mean(num_microbatches: int) -> Accumulator:
     return _per_leaf(
-        _floating_only("MEAN", jnp.zeros_like),
+        _floating_only("MEAN", _zeros_like),
         lambda carry, value, _: carry + value,
         lambda carry: carry / num_microbatches,
         functools.partial(jnp.mean, axis=0),
@@ -158,16 +158,24 @@ def _running_mean() -> Accumulator:
         return carry * p.astype(carry.dtype) + value * (1 - p).astype(value.dtype)
 
     return _per_leaf(
-        _floating_only("RUNNING_MEAN", jnp.zeros_like),
+        _floating_only("RUNNING_MEAN", _zeros_like),
         update,
         lambda x: x,
         functools.partial(jnp.mean, axis=0),
     )
 
 
+def _zeros_like(value: Any) -> Any:
+    """Zeros of `value`'s shape, dtype and explicit sharding (also from a `ShapeDtypeStruct`,
+    whose sharding `jnp.zeros_like` drops on older jax)."""
+    sharding = _explicit_sharding(value)
+    return jnp.zeros(value.shape, value.dtype, out_sharding=sharding)
+
+
 def _explicit_sharding(x: Any) -> Any:
     """`x`'s `NamedSharding` when its mesh is in explicit mode (shardings are types), else None."""
-    sharding = getattr(jax.typeof(x), "sharding", None)
+    aval = x if isinstance(x, jax.ShapeDtypeStruct) else jax.typeof(x)
+    sharding = getattr(aval, "sharding", None)
     mesh = getattr(sharding, "mesh", None)
     # `mesh.axis_types` on every jax this package admits (`are_all_axes_explicit` is newer)
     types = tuple(getattr(mesh, "axis_types", ()))
@@ -178,7 +186,7 @@ def _explicit_sharding(x: Any) -> Any:
 
 def _concat(num_microbatches: int) -> Accumulator:
     def init(value: Any) -> Any:
-        return jnp.broadcast_to(jnp.zeros_like(value), (num_microbatches, *value.shape))
+        return jnp.broadcast_to(_zeros_like(value), (num_microbatches, *value.shape))
 
     def update(carry: Any, value: Any, index: Any) -> Any:
         return carry.at[index].set(value)
