@@ -86,6 +86,7 @@ __all__ = [
     "WrappedScheduleState",
     "inject_hyperparams",
     "inject_stateful_hyperparams",
+    "Schedule",  # the type, as optax.schedules exports it
 ]
 
 
