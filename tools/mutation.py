@@ -36,6 +36,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath("mutants/jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The fork server imports gradtx, and with it jaxtyping, whose pytest plugin pytest then cannot
+# assertion-rewrite: a warning at configuration, an error under the suite's filterwarnings.
+os.environ["PYTEST_ADDOPTS"] = (
+    os.environ.get("PYTEST_ADDOPTS", "") + " -W ignore::pytest.PytestAssertRewriteWarning"
+).strip()
 
 from mutmut.mutation import file_mutation, mutators  # noqa: E402
 
