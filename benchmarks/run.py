@@ -29,6 +29,7 @@ import bench_memory  # noqa: E402
 import bench_roofline  # noqa: E402
 import bench_step  # noqa: E402
 import bench_train  # noqa: E402
+import bench_zoo  # noqa: E402
 import harness  # noqa: E402
 
 LARGE = ["16M leaf", "ResNet-50-like tree", "transformer-like tree"]
@@ -211,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     t0 = time.perf_counter()
     sections.extend(["## 6. Epochs", "", *_epochs(quick), ""])
     print(f"[{time.perf_counter() - t0:6.1f} s] 6. Epochs", file=sys.stderr, flush=True)
+    section("7. The zoo: every optimiser against optax's", bench_zoo.run)
     elapsed = time.perf_counter() - start
     head = [
         "# gradtx benchmark results",

@@ -33,6 +33,7 @@ def test_the_quick_suite_runs_and_reports_every_section(tmp_path):
         "## 5. Memory",
         "## Full train step with grouped parameters",
         "## 6. Epochs",
+        "## 7. The zoo: every optimiser against optax's",
         "## Closing note: the targets",
     ]:
         assert heading in report, heading

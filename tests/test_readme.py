@@ -1,6 +1,7 @@
 """The README's runnable examples (the blocks marked `<!-- readme-test -->`) run as shown."""
 
 import contextlib
+import importlib.util
 import io
 import re
 from pathlib import Path
@@ -50,3 +51,14 @@ def test_readme_ten_lines_train(tmp_path):
     for _ in range(2000):
         params, state = namespace["step"](params, state, x, y)
     assert float(namespace["loss"](params, x, y)) < 0.01 * before
+
+
+def test_the_zoo_table_is_the_zoo():
+    # the README's table of optimisers is what `python benchmarks/zoo.py` prints: the same
+    # list the zoo benchmark times, each chain read from the optimiser's own record
+    spec = importlib.util.spec_from_file_location("zoo", README.parent / "benchmarks" / "zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    table = re.search(r"<!-- zoo-table -->\n(.*?)\n<!-- /zoo-table -->", README.read_text(), re.S)
+    assert table is not None, "README: no <!-- zoo-table --> section"
+    assert table.group(1).splitlines() == zoo.readme_table(), "run python benchmarks/zoo.py"
