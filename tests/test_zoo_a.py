@@ -59,35 +59,31 @@ def wd_schedule(count):
     return 1e-3 * (1.0 + 0.01 * count.astype(jnp.float32))
 
 
-def run(opt, steps, params=None, *, standard=False, jit=True):
-    """`steps` updates on the quartic, as one `lax.scan` (jitted unless `jit=False`).
+def _scan(opt, params, steps, apply):
+    def step(carry, _):
+        p, s = carry
+        value, g = jax.value_and_grad(loss)(p)
+        u, s = opt.update(g, s, p)
+        p = apply(p, u)
+        return (p, s), (value, (p, s, u))
 
-    Returns (final params, final state, losses, history), where `history[t]` holds the
-    params, state and emitted update after step t + 1 (stacked along a leading axis).
+    (p, s), (values, history) = jax.lax.scan(step, (params, opt.init(params)), length=steps)
+    return p, s, values, history
+
+
+def run_all(library, calls, steps=300):
+    """Each call's optimiser (made by `library`, gradtx or optax) for `steps` updates on the
+    quartic, every run a `lax.scan`, all of them in one jitted function (one compilation).
+
+    Returns {name: (final params, final state, losses, history)}, where `history` holds the
+    params, state and emitted update after each step, stacked along a leading axis.
     """
-    params = make_params() if params is None else params
+    opts = {name: make(library) for name, make in calls.items()}
+    standard = library is optax
     apply = optax.apply_updates if standard else gradtx.apply_updates
     with jax.numpy_dtype_promotion("standard" if standard else "strict"):
-
-        def step(carry, _):
-            p, s = carry
-            value, g = jax.value_and_grad(loss)(p)
-            u, s = opt.update(g, s, p)
-            p = apply(p, u)
-            return (p, s), (value, (p, s, u))
-
-        def scan(p):
-            return jax.lax.scan(step, (p, opt.init(p)), length=steps)
-
-        if jit:
-            (p, s), (values, history) = jax.jit(scan)(params)
-        else:
-            carry, outs = (params, opt.init(params)), []
-            for _ in range(steps):
-                carry, out = step(carry, None)
-                outs.append(out)
-            (p, s), (values, history) = carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-    return p, s, values, history
+        runs = jax.jit(lambda p: {k: _scan(opt, p, steps, apply) for k, opt in opts.items()})
+        return runs(make_params())
 
 
 def at(history, t):
@@ -186,11 +182,16 @@ SIGN_PARITY = {
 CALLS = {**PARITY, **SIGN_PARITY}
 
 
+@pytest.fixture(scope="module")
+def runs():
+    """The 300-step runs of every call in CALLS, by gradtx and by optax."""
+    return {"gradtx": run_all(gradtx, CALLS), "optax": run_all(optax, CALLS)}
+
+
 @pytest.mark.parametrize("name", sorted(PARITY))
-def test_matches_optax_for_300_jitted_steps(name):
-    make = PARITY[name]
-    p_ours, s_ours, l_ours, h_ours = run(make(gradtx), 300)
-    p_theirs, s_theirs, l_theirs, h_theirs = run(make(optax), 300, standard=True)
+def test_matches_optax_for_300_jitted_steps(runs, name):
+    p_ours, s_ours, l_ours, h_ours = runs["gradtx"][name]
+    p_theirs, s_theirs, l_theirs, h_theirs = runs["optax"][name]
     assert_same_layout(s_ours, s_theirs)
     assert_close(p_ours, p_theirs)
     assert_close(s_ours, s_theirs)
@@ -200,10 +201,9 @@ def test_matches_optax_for_300_jitted_steps(name):
 
 
 @pytest.mark.parametrize("name", sorted(SIGN_PARITY))
-def test_sign_methods_match_optax_then_reach_its_loss(name):
-    make = SIGN_PARITY[name]
-    _, s_ours, l_ours, h_ours = run(make(gradtx), 300)
-    _, s_theirs, l_theirs, h_theirs = run(make(optax), 300, standard=True)
+def test_sign_methods_match_optax_then_reach_its_loss(runs, name):
+    _, s_ours, l_ours, h_ours = runs["gradtx"][name]
+    _, s_theirs, l_theirs, h_theirs = runs["optax"][name]
     assert_same_layout(s_ours, s_theirs)
     assert_close(at(h_ours, 20), at(h_theirs, 20))  # params, state, update after 20 steps
     assert float(l_ours[-1]) < 0.5 * float(l_ours[0])
@@ -211,22 +211,22 @@ def test_sign_methods_match_optax_then_reach_its_loss(name):
 
 
 @pytest.mark.parametrize("name", ["lars_args", "lion"])
-def test_matches_optax_without_jit(name):
-    p_ours, s_ours, _, _ = run(CALLS[name](gradtx), 3, jit=False)
-    p_theirs, s_theirs, _, _ = run(CALLS[name](optax), 3, standard=True, jit=False)
-    assert_close(p_ours, p_theirs)
-    assert_close(s_ours, s_theirs)
+def test_matches_optax_without_jit(runs, name):
+    opt, params = CALLS[name](gradtx), make_params()
+    state, grad = opt.init(params), jax.jit(jax.grad(loss))
+    for _ in range(3):
+        u, state = opt.update(grad(params), state, params)
+        params = gradtx.apply_updates(params, u)
+    assert_close((params, state, u), at(runs["optax"][name][3], 3))
 
 
 @pytest.mark.parametrize("name", ["adabelief_args", "scale_by_novograd_args", "lamb_args"])
-def test_an_optax_state_drives_gradtx_update(name):
-    """A restored optax checkpoint: optax's state, mid-run, fed to gradtx's update."""
-    ours, theirs = CALLS[name](gradtx), CALLS[name](optax)
-    params, state, _, _ = run(theirs, 7, standard=True)
-    with jax.numpy_dtype_promotion("standard"):
-        grads = jax.grad(loss)(params)
-        u_theirs, s_theirs = jax.jit(theirs.update)(grads, state, params)
-    u_ours, s_ours = jax.jit(ours.update)(grads, state, params)
+def test_an_optax_state_drives_gradtx_update(runs, name):
+    """A restored optax checkpoint: optax's state after 7 steps, fed to gradtx's update."""
+    history = runs["optax"][name][3]
+    params, state, _ = at(history, 7)
+    u_ours, s_ours = jax.jit(CALLS[name](gradtx).update)(jax.grad(loss)(params), state, params)
+    _, s_theirs, u_theirs = at(history, 8)
     assert_close(u_ours, u_theirs)
     assert_close(s_ours, s_theirs)
 
@@ -525,3 +525,27 @@ def test_missing_params_and_bad_masks_are_named():
     with pytest.raises(ValueError, match=r"scale_by_belief: updates\['b'\] has shape"):
         opt = gradtx.scale_by_belief()
         opt.update({**params, "b": jnp.ones(3)}, opt.init(params))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("lamb", {"learning_rate": 0.002, "weight_decay": 0.01}),
+        ("fromage", {"learning_rate": 0.01}),
+        ("lion", {"learning_rate": 0.003, "b1": 0.8}),
+        ("novograd", {"learning_rate": 0.001, "weight_decay": 0.01}),
+    ],
+)
+def test_inject_hyperparams_traces_the_hyperparameters_as_optax_does(name, kwargs):
+    ours = gradtx.inject_hyperparams(getattr(gradtx, name))(**kwargs)
+    theirs = optax.inject_hyperparams(getattr(optax, name))(**kwargs)
+    params = make_params()
+    s_ours, s_theirs = ours.init(params), theirs.init(params)
+    for _ in range(2):
+        g = jax.grad(loss)(params)
+        u_ours, s_ours = jax.jit(ours.update)(g, s_ours, params)
+        with jax.numpy_dtype_promotion("standard"):
+            u_theirs, s_theirs = jax.jit(theirs.update)(g, s_theirs, params)
+        assert_close(u_ours, u_theirs)
+        params = gradtx.apply_updates(params, u_ours)
+    assert_close(s_ours.hyperparams, s_theirs.hyperparams)
