@@ -27,6 +27,22 @@ from gradtx.adam import (
     scale_by_adam_composed,
     scale_by_amsgrad,
 )
+from gradtx.adam_variants import (
+    ScaleByBeliefState,
+    ScaleByNovogradState,
+    adabelief,
+    adamax,
+    adamaxw,
+    nadamw,
+    novograd,
+    radam,
+    scale_by_adamax,
+    scale_by_belief,
+    scale_by_novograd,
+    scale_by_radam,
+    scale_by_yogi,
+    yogi,
+)
 from gradtx.averaging import incremental_update, periodic_update
 from gradtx.base import (
     EmptyState,
@@ -125,7 +141,15 @@ from gradtx.schedules import (
     polynomial_schedule,
     warmup_cosine_decay_schedule,
 )
+from gradtx.sign import ScaleByLionState, lion, scale_by_lion, scale_by_sign, sign_sgd, signum
 from gradtx.tree_utils import tree_map_params
+from gradtx.trust_ratio import (
+    ScaleByTrustRatioState,
+    fromage,
+    lamb,
+    lars,
+    scale_by_trust_ratio,
+)
 from gradtx.warmup import (
     piecewise_interpolate_schedule,
     sgdr_schedule,
@@ -304,6 +328,31 @@ __all__ = [
 
 # Added by each part of the zoo and the rest of optax's API (issues 11 and 12), one list each.
 __all__ += [  # zoo-a
+    "ScaleByBeliefState",
+    "ScaleByLionState",
+    "ScaleByNovogradState",
+    "ScaleByTrustRatioState",
+    "adabelief",
+    "adamax",
+    "adamaxw",
+    "fromage",
+    "lamb",
+    "lars",
+    "lion",
+    "nadamw",
+    "novograd",
+    "radam",
+    "scale_by_adamax",
+    "scale_by_belief",
+    "scale_by_lion",
+    "scale_by_novograd",
+    "scale_by_radam",
+    "scale_by_sign",
+    "scale_by_trust_ratio",
+    "scale_by_yogi",
+    "sign_sgd",
+    "signum",
+    "yogi",
 ]  # (end zoo-a)
 __all__ += [  # zoo-b
 ]  # (end zoo-b)

@@ -29,18 +29,29 @@ def add_decayed_weights(
     r"""Adds the decayed parameters to the updates: $u_t = g_t + \lambda_t \theta_t$.
 
     Placed before the learning rate (as in `adamw`), this is decoupled weight
-    decay: $\theta \leftarrow \theta - \alpha(\hat u + \lambda \theta)$.
+    decay: $\theta \leftarrow \theta - \alpha(\hat u + \lambda \theta)$. Placed after
+    it, a $\lambda \in (-1, 0)$ shrinks the weights by the factor $1 + \lambda$, as
+    `fromage` does: $\theta \leftarrow (1 + \lambda)\theta + u$.
 
     Args:
-        weight_decay: $\lambda \geq 0$, or a `count -> value` schedule.
+        weight_decay: $\lambda > -1$ (a decay is $\geq 0$; a negative $\lambda$ is a
+            shrink factor for use after the learning rate), or a `count -> value` schedule.
         mask: a tree of bools (or a function of the params) choosing the leaves
             to decay, e.g. to leave biases and norms alone; see `masked`.
 
     Raises:
-        ValueError: for a negative `weight_decay`.
+        ValueError: for a `weight_decay` at or below $-1$ (it would zero or flip the weights).
         TypeError: in `update`, when `params` is not passed.
     """
-    checks.check_scalar_or_schedule("add_decayed_weights", "weight_decay", weight_decay)
+    if not callable(weight_decay):
+        checks.check_range(
+            "add_decayed_weights",
+            "weight_decay",
+            weight_decay,
+            -1.0,
+            low_open=True,
+            hint="a decay is >= 0; a negative value shrinks the weights by 1 + weight_decay",
+        )
     scheduled = callable(weight_decay)
 
     def init(params):

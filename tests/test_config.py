@@ -77,6 +77,20 @@ EXAMPLES = [
     gradtx.sgd(S.cosine_onecycle_schedule(100, 0.1)),
     gradtx.sgd(S.linear_onecycle_schedule(100, 0.1, pct_final=0.9)),
     # zoo-a
+    gradtx.scale_by_sign(),
+    gradtx.scale_by_lion(0.8, 0.95, jnp.float32, mode="smooth", smooth_beta=2.0),
+    gradtx.scale_by_belief(0.8, 0.99, 1e-8, 0.0, nesterov=True),
+    gradtx.scale_by_adamax(0.8, 0.99, 1e-6),
+    gradtx.scale_by_yogi(0.8, 0.99, 1e-4, 1e-8, initial_accumulator_value=0.1),
+    gradtx.scale_by_radam(0.8, 0.99, 1e-6, 1e-8, threshold=6.0, nesterov=True),
+    gradtx.scale_by_novograd(0.8, 0.5, 1e-4, 1e-8, weight_decay=0.01, mu_dtype=jnp.float32),
+    gradtx.scale_by_trust_ratio(0.1, 0.5, 1e-3),
+    gradtx.lion(
+        S.cosine_decay_schedule(1e-3, 100), weight_decay=0.01, mask={"w": True, "b": False}
+    ),
+    gradtx.lars(0.1, 0.01, {"w": True, "b": False}, 0.01, 1e-6, {"w": True, "b": True}, 0.8),
+    gradtx.fromage(0.01, min_norm=1e-4),
+    gradtx.lamb(1e-3, weight_decay=0.01),
     # (end zoo-a)
     # zoo-b
     # (end zoo-b)
@@ -177,6 +191,8 @@ def test_the_examples_cover_every_public_factory():
     # name where a made factory (inject_hyperparams) records them.
     optimisers = {"sgd", "momentum_ewa", "rmsprop", "adagrad", "adam", "adamw", "nadam", "amsgrad"}
     # zoo-a
+    optimisers |= {"sign_sgd", "signum", "lion", "adabelief", "adamax", "adamaxw", "yogi"}
+    optimisers |= {"radam", "nadamw", "novograd", "lamb", "lars", "fromage"}
     # (end zoo-a)
     # zoo-b
     # (end zoo-b)
