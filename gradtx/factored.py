@@ -55,7 +55,13 @@ def factored_dims(
     """`(d1, d0)`, the second largest and the largest axis of `shape`, when a leaf of that
     shape is factored: `factored`, rank $\\geq 2$ and `shape[d1] >= min_dim_size_to_factor`;
     None otherwise. Ties between equal sizes are broken as `np.argsort` breaks them (optax's
-    rule, so the state has optax's shapes)."""
+    rule, so the state has optax's shapes).
+
+    Args:
+        shape: the leaf's shape.
+        factored: whether factoring is on at all.
+        min_dim_size_to_factor: the smallest size of the second largest axis to factor.
+    """
     if not factored or len(shape) < 2:
         return None
     order = np.argsort(shape)

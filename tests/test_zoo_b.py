@@ -599,7 +599,7 @@ def test_rprop_by_hand_then_to_its_loss(args):
     assert reached < 1e-3 * float(loss(params))
     assert abs(reached - by_hand) < 1e-3 * float(loss(params))
     p_optax, _, _ = run(optax.rprop(*args), params, 300, standard=True)
-    assert reached < 1e-3 * float(loss(params)) > float(loss(p_optax))  # optax gets there too
+    assert float(loss(p_optax)) < 1e-3 * float(loss(params))  # optax's, a step late, too
 
 
 def test_rprop_state_is_optaxs_and_its_update_is_not_a_step_late():
