@@ -20,6 +20,7 @@ from gradtx import (
 )
 from gradtx import typing as _typing
 from gradtx.accumulation import AccumulateState, MultiStepsState, accumulate, has_updated
+from gradtx.adadelta import ScaleByAdaDeltaState, adadelta, scale_by_adadelta
 from gradtx.adam import (
     ScaleByAdamState,
     ScaleByAmsgradState,
@@ -81,6 +82,7 @@ from gradtx.combine import (
 from gradtx.config import from_config, to_config
 from gradtx.elementwise import add_constant, sqrt, square
 from gradtx.ewa import BiasCorrectionState, EmaState, bias_correction, ema
+from gradtx.factored import FactoredState, adafactor, scale_by_factored_rms
 from gradtx.fused import apply_step, native_available
 from gradtx.grouped import Grouped, GroupLayout, group, ungroup
 from gradtx.guards import ApplyIfFiniteState, ZeroNansState, all_finite, apply_if_finite, zero_nans
@@ -108,6 +110,7 @@ from gradtx.optimizers import (
     rmsprop,
     sgd,
 )
+from gradtx.param_block import scale_by_param_block_norm, scale_by_param_block_rms
 from gradtx.plateau import ReduceLROnPlateauState, ReduceOnPlateauState, reduce_on_plateau
 from gradtx.rms import (
     ScaleByRmsState,
@@ -120,6 +123,7 @@ from gradtx.rms import (
     scale_by_rss,
     scale_by_stddev,
 )
+from gradtx.rprop import ScaleByRpropState, rprop, scale_by_rprop
 from gradtx.safe_math import (
     safe_increment,
     safe_int32_increment,
@@ -142,6 +146,7 @@ from gradtx.schedules import (
     warmup_cosine_decay_schedule,
 )
 from gradtx.sign import ScaleByLionState, lion, scale_by_lion, scale_by_sign, sign_sgd, signum
+from gradtx.sm3 import ScaleBySM3State, scale_by_sm3, sm3
 from gradtx.tree_utils import tree_map_params
 from gradtx.trust_ratio import (
     ScaleByTrustRatioState,
@@ -355,6 +360,20 @@ __all__ += [  # zoo-a
     "yogi",
 ]  # (end zoo-a)
 __all__ += [  # zoo-b
+    "FactoredState",
+    "adafactor",
+    "scale_by_factored_rms",
+    "scale_by_param_block_norm",
+    "scale_by_param_block_rms",
+    "ScaleBySM3State",
+    "scale_by_sm3",
+    "sm3",
+    "ScaleByAdaDeltaState",
+    "adadelta",
+    "scale_by_adadelta",
+    "ScaleByRpropState",
+    "rprop",
+    "scale_by_rprop",
 ]  # (end zoo-b)
 __all__ += [  # zoo-c
 ]  # (end zoo-c)

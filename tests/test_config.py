@@ -93,6 +93,26 @@ EXAMPLES = [
     gradtx.lamb(1e-3, weight_decay=0.01),
     # (end zoo-a)
     # zoo-b
+    gradtx.scale_by_factored_rms(False, 0.7, 3, 2, 1e-20),
+    gradtx.scale_by_param_block_norm(1e-2),
+    gradtx.scale_by_param_block_rms(1e-4),
+    gradtx.adafactor(
+        S.cosine_decay_schedule(0.1, 50),
+        min_dim_size_to_factor=2,
+        momentum=0.9,
+        weight_decay_rate=0.01,
+        weight_decay_mask={"w": True, "b": False},
+    ),
+    gradtx.scale_by_sm3(0.5, 0.99, 1e-6),
+    gradtx.sm3(0.1, momentum=None),
+    gradtx.scale_by_adadelta(0.95, 1e-5),
+    gradtx.adadelta(
+        S.exponential_decay(1.0, 10, 0.5),
+        weight_decay=0.1,
+        weight_decay_mask={"w": True, "b": False},
+    ),
+    gradtx.scale_by_rprop(0.01, 0.4, 1.3, 1e-5, 10.0),
+    gradtx.rprop(0.1),
     # (end zoo-b)
     # zoo-c
     # (end zoo-c)
@@ -195,6 +215,7 @@ def test_the_examples_cover_every_public_factory():
     optimisers |= {"radam", "nadamw", "novograd", "lamb", "lars", "fromage"}
     # (end zoo-a)
     # zoo-b
+    optimisers |= {"adafactor", "sm3", "adadelta", "rprop"}
     # (end zoo-b)
     # zoo-c
     # (end zoo-c)
