@@ -535,3 +535,17 @@ def test_a_typed_key_prints_and_round_trips_through_config():
     assert repr(rebuilt) == repr(opt)
     g = make_params()
     assert_close(rebuilt.update(g, rebuilt.init(g))[0], opt.update(g, opt.init(g))[0], 0, 0)
+
+
+@pytest.mark.parametrize("name", ["noisy_sgd", "adan"])
+def test_inject_hyperparams_feeds_traced_hyperparameters_as_optax_does(name):
+    """Checks skip traced values; a PRNG key is not taken for a numeric hyperparameter."""
+    kwargs = {"learning_rate": 0.05, **({"key": jax.random.key(2)} if name == "noisy_sgd" else {})}
+    params = make_params()
+    _, grads = value_and_grad(params)
+    ours_opt = gradtx.inject_hyperparams(getattr(gradtx, name))(**kwargs)
+    ours, _ = jax.jit(ours_opt.update)(grads, ours_opt.init(params), params)
+    with as_optax_promotion():
+        theirs_opt = optax.inject_hyperparams(getattr(optax, name))(**kwargs)
+        theirs, _ = jax.jit(theirs_opt.update)(grads, theirs_opt.init(params), params)
+    assert_close(ours, theirs)
