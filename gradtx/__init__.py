@@ -44,6 +44,7 @@ from gradtx.adam_variants import (
     scale_by_yogi,
     yogi,
 )
+from gradtx.adan import ScaleByAdanState, adan, scale_by_adan
 from gradtx.averaging import incremental_update, periodic_update
 from gradtx.base import (
     EmptyState,
@@ -80,6 +81,7 @@ from gradtx.combine import (
     partition,
 )
 from gradtx.config import from_config, to_config
+from gradtx.dog import ScaleByDistanceOverGradientsState, scale_by_distance_over_gradients
 from gradtx.elementwise import add_constant, sqrt, square
 from gradtx.ewa import BiasCorrectionState, EmaState, bias_correction, ema
 from gradtx.factored import FactoredState, adafactor, scale_by_factored_rms
@@ -100,6 +102,14 @@ from gradtx.microbatching import microbatch
 from gradtx.momentum import TraceState, trace
 from gradtx.monitor import MonitorNormsState, monitor_norms
 from gradtx.native import native_status
+from gradtx.noise import AddNoiseState, add_noise, noisy_sgd
+from gradtx.optimistic import (
+    ScaleByOptimisticGradientState,
+    optimistic_adam,
+    optimistic_adam_v2,
+    optimistic_gradient_descent,
+    scale_by_optimistic_gradient,
+)
 from gradtx.optimizers import (
     adagrad,
     adam,
@@ -112,6 +122,7 @@ from gradtx.optimizers import (
 )
 from gradtx.param_block import scale_by_param_block_norm, scale_by_param_block_rms
 from gradtx.plateau import ReduceLROnPlateauState, ReduceOnPlateauState, reduce_on_plateau
+from gradtx.polyak import polyak_sgd, scale_by_polyak
 from gradtx.rms import (
     ScaleByRmsState,
     ScaleByRmsWithCountState,
@@ -376,6 +387,21 @@ __all__ += [  # zoo-b
     "scale_by_rprop",
 ]  # (end zoo-b)
 __all__ += [  # zoo-c
+    "AddNoiseState",
+    "ScaleByAdanState",
+    "ScaleByDistanceOverGradientsState",
+    "ScaleByOptimisticGradientState",
+    "adan",
+    "add_noise",
+    "noisy_sgd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
+    "polyak_sgd",
+    "scale_by_adan",
+    "scale_by_distance_over_gradients",
+    "scale_by_optimistic_gradient",
+    "scale_by_polyak",
 ]  # (end zoo-c)
 __all__ += [  # lbfgs
 ]  # (end lbfgs)

@@ -15,6 +15,7 @@ through combinators and wrappers, with schedules as their own factory calls. A c
 
 * `{"dtype": "bfloat16"}`, `{"tuple": [...]}`, `{"dict": [[key, value], ...]}`,
 * `{"array": nested lists, "dtype": name}` for a NumPy or JAX array (e.g. in a mask),
+* `{"prng_key": key data, "impl": name}` for a typed PRNG key (`add_noise(key=...)`),
 * `{"function": name}` for one of gradtx's public functions passed as a value
   (`inject_hyperparams(gradtx.adam)`), and a nested call for a made factory.
 
@@ -36,7 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx.checks import as_dtype
-from gradtx.spec import Recorded, describe, is_transformation, spec_of, split_arguments
+from gradtx.spec import (
+    Recorded,
+    describe,
+    is_prng_key,
+    is_transformation,
+    spec_of,
+    split_arguments,
+)
 
 __all__ = ["from_config", "to_config"]
 
@@ -123,6 +131,9 @@ def _encode(value: Any, where: str) -> Any:
     dtype = as_dtype(value)
     if dtype is not None:
         return {"dtype": dtype.name}
+    if is_prng_key(value):
+        data = np.asarray(jax.random.key_data(value)).tolist()
+        return {"prng_key": data, "impl": str(jax.random.key_impl(value))}
     if isinstance(value, (jax.Array, np.ndarray, np.generic)) and not isinstance(
         value, jax.core.Tracer
     ):
@@ -188,6 +199,9 @@ def _decode(value: Any, where: str) -> Any:
             raise TypeError(f"from_config: {where}.arguments must be a dict, got {arguments!r}")
         decoded = {k: _decode(v, f"{where}.arguments.{k}") for k, v in arguments.items()}
         return _call(fn, decoded, where)
+    if "prng_key" in value and "impl" in value:
+        data = jnp.asarray(np.asarray(value["prng_key"], dtype=np.uint32))
+        return jax.random.wrap_key_data(data, impl=value["impl"])
     if "dtype" in value and "array" in value:
         return jnp.asarray(np.asarray(value["array"], dtype=value["dtype"]))
     (kind, payload), *_ = value.items()

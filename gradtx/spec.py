@@ -228,6 +228,15 @@ def _foreign_transformation(tx: Any) -> str:
     return f"<transformation {type(tx).__name__}>"
 
 
+def is_prng_key(value: Any) -> bool:
+    """A concrete array of typed PRNG keys (`jax.random.key(seed)`), which NumPy cannot hold."""
+    return (
+        isinstance(value, jax.Array)
+        and not isinstance(value, jax.core.Tracer)
+        and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key)
+    )
+
+
 def _describe_function(f: Any) -> str:
     """A callable without a record: bare when it is gradtx's public function, else in `<>`."""
     qualname = getattr(f, "__qualname__", None)
@@ -264,6 +273,9 @@ def describe(value: Any) -> str:
         return _describe_function(value)
     if isinstance(value, jax.core.Tracer):
         return f"<traced {value.dtype}{list(value.shape)}>"
+    if is_prng_key(value):
+        data = np.asarray(jax.random.key_data(value)).tolist()
+        return f"<PRNG key {jax.random.key_impl(value)} {data}>"
     if isinstance(value, (jax.Array, np.ndarray, np.generic)):
         if np.ndim(value) == 0:
             return str(np.asarray(value)[()])

@@ -14,6 +14,7 @@ from gradtx.combine import (
 from gradtx.ewa import EmaState, ema
 from gradtx.guards import ApplyIfFiniteState, ZeroNansState, apply_if_finite, zero_nans
 from gradtx.momentum import TraceState, trace
+from gradtx.noise import AddNoiseState, add_noise
 from gradtx.weight_decay import add_decayed_weights
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
 
 # One list per part of the API work (issues 11 and 12).
 __all__ += [  # zoo-c
+    "AddNoiseState",
+    "add_noise",
 ]  # (end zoo-c)
 __all__ += [  # wrappers-a
 ]  # (end wrappers-a)

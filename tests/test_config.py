@@ -115,6 +115,14 @@ EXAMPLES = [
     gradtx.rprop(0.1),
     # (end zoo-b)
     # zoo-c
+    gradtx.scale_by_polyak(f_min=-1.0, max_learning_rate=0.5, eps=1e-3, variant="sps+"),
+    gradtx.add_noise(0.02, 0.6, 3),
+    gradtx.add_noise(0.02, 0.6, key=jax.random.key(5)),
+    gradtx.scale_by_optimistic_gradient(alpha=0.5, beta=2.0),
+    gradtx.scale_by_adan(b1=0.9, b2=0.8, b3=0.95, eps=1e-6, eps_root=1e-8),
+    gradtx.scale_by_distance_over_gradients(
+        reps_rel=1e-4, eps=1e-6, param_dtype=None, global_scale=-1.0
+    ),
     # (end zoo-c)
     # lbfgs
     # (end lbfgs)
@@ -218,6 +226,14 @@ def test_the_examples_cover_every_public_factory():
     optimisers |= {"adafactor", "sm3", "adadelta", "rprop"}
     # (end zoo-b)
     # zoo-c
+    optimisers |= {
+        "polyak_sgd",
+        "noisy_sgd",
+        "optimistic_gradient_descent",
+        "optimistic_adam",
+        "optimistic_adam_v2",
+        "adan",
+    }
     # (end zoo-c)
     # lbfgs
     # (end lbfgs)
