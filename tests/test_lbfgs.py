@@ -217,6 +217,27 @@ def test_without_jit_as_optax():
     assert_same_state(s, t)
 
 
+def test_complex_params_follow_optax():
+    """optax's complex formulas (inner products conjugate the first tree), leaf by leaf."""
+
+    def directions(lib, opt):
+        def step(carry, k):
+            p, s = carry
+            g = p * jnp.array([1.0 + 0.5j, 2.0, 3.0 - 1.0j]) + 0.1 * k.astype(p.dtype)
+            u, s = opt.update(g, s, p)
+            return (p - 0.1 * u, s), u
+
+        p = jnp.array([1.0 + 1.0j, -2.0, 0.5j], jnp.complex64)
+        return jax.jit(lambda p: jax.lax.scan(step, (p, opt.init(p)), jnp.arange(4.0)))(p)
+
+    ours = directions(gradtx, gradtx.scale_by_lbfgs(memory_size=2))
+    with standard_promotion():
+        theirs = directions(optax, optax.scale_by_lbfgs(memory_size=2))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------
 # What the pieces do.
 
