@@ -98,6 +98,15 @@ from gradtx.hyperparams import (
     inject_stateful_hyperparams,
     set_hyperparam,
 )
+from gradtx.lbfgs import ScaleByLBFGSState, lbfgs, scale_by_lbfgs
+from gradtx.linesearch import (
+    ScaleByBacktrackingLinesearchState,
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_backtracking_linesearch,
+    scale_by_zoom_linesearch,
+    value_and_grad_from_state,
+)
 from gradtx.microbatching import microbatch
 from gradtx.momentum import TraceState, trace
 from gradtx.monitor import MonitorNormsState, monitor_norms
@@ -404,6 +413,15 @@ __all__ += [  # zoo-c
     "scale_by_polyak",
 ]  # (end zoo-c)
 __all__ += [  # lbfgs
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByLBFGSState",
+    "ScaleByZoomLinesearchState",
+    "ZoomLinesearchInfo",
+    "lbfgs",
+    "scale_by_backtracking_linesearch",
+    "scale_by_lbfgs",
+    "scale_by_zoom_linesearch",
+    "value_and_grad_from_state",
 ]  # (end lbfgs)
 __all__ += [  # wrappers-a
 ]  # (end wrappers-a)

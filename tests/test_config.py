@@ -125,6 +125,10 @@ EXAMPLES = [
     ),
     # (end zoo-c)
     # lbfgs
+    gradtx.scale_by_lbfgs(memory_size=3, scale_init_precond=False),
+    gradtx.scale_by_backtracking_linesearch(5, decrease_factor=0.5, store_grad=True),
+    gradtx.scale_by_zoom_linesearch(8, max_learning_rate=2.0, initial_guess_strategy="one"),
+    gradtx.lbfgs(0.5, memory_size=4),
     # (end lbfgs)
     # contrib-a
     # (end contrib-a)
@@ -170,6 +174,7 @@ NOT_FACTORIES = {
     # zoo-c
     # (end zoo-c)
     # lbfgs
+    "value_and_grad_from_state",  # wraps a user's function
     # (end lbfgs)
     # contrib-a
     # (end contrib-a)
@@ -236,6 +241,7 @@ def test_the_examples_cover_every_public_factory():
     }
     # (end zoo-c)
     # lbfgs
+    optimisers |= {"lbfgs"}
     # (end lbfgs)
     # contrib-a
     # (end contrib-a)
@@ -257,7 +263,13 @@ def _run(opt, steps=3):
     outs = []
     for t in range(steps):
         grads = jax.tree.map(lambda p, t=t: jnp.cos(p * (t + 1)), params)
-        updates, state = opt.update(grads, state, params, value=jnp.asarray(1.0 / (t + 1)))
+
+        # Line searches (lbfgs) also take the gradient and the function `grads` is that of.
+        def f(p, t=t):
+            return sum(jnp.sum(jnp.sin(x * (t + 1))) for x in jax.tree.leaves(p)) / (t + 1)
+
+        value = jnp.asarray(1.0 / (t + 1))
+        updates, state = opt.update(grads, state, params, value=value, grad=grads, value_fn=f)
         params = gradtx.apply_updates(params, updates)
         outs.append(params)
     return outs
