@@ -259,7 +259,12 @@ def orthogonalize_via_newton_schulz(
         coeffs: Any = ns_coeffs  # a traced state entry: its shape is all that is needed
         steps = checks.check_int(fn, "ns_steps", ns_steps, 0) if coeffs.ndim == 1 else 0
     else:
-        coeffs, steps = _coefficients(fn, ns_coeffs, ns_steps)
+        try:
+            rows = np.shape(ns_coeffs)
+        except ValueError:  # ragged: _coefficients says what is wrong
+            rows = ()
+        # With one triple per step, ns_steps is ignored (as in optax).
+        coeffs, steps = _coefficients(fn, ns_coeffs, rows[0] if len(rows) == 2 else ns_steps)
     dtype = numerics.compute_dtype(x)
     out = _orthogonalize(
         numerics.cast(x, dtype), axes, jnp.asarray(coeffs), steps, preconditioning, eps
