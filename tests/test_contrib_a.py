@@ -178,7 +178,7 @@ def test_matches_optax_contrib_without_jit(name):
     assert_states_match(state, their_state)
 
 
-@pytest.mark.parametrize("name", ["adopt", "ademamix_args", "muon_args"])
+@pytest.mark.parametrize("name", ["schedule_free_sgd_args", "ademamix_args", "muon_args"])
 def test_an_optax_state_feeds_into_gradtx(name):
     params = make_params(four_d=True)
     grads = jax.grad(loss)(params)
