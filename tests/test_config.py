@@ -131,6 +131,27 @@ EXAMPLES = [
     gradtx.lbfgs(0.5, memory_size=4),
     # (end lbfgs)
     # contrib-a
+    gradtx.contrib.scale_by_adopt(b1=0.8, nesterov=True, use_clipping=False),
+    gradtx.contrib.adopt(1e-2, b2=0.99, eps=1e-5),
+    gradtx.contrib.scale_by_ademamix(b3=S.linear_schedule(0.9, 0.999, 100), alpha=4.0),
+    gradtx.contrib.ademamix(1e-2, alpha=S.linear_schedule(0.0, 5.0, 10), weight_decay=0.01),
+    gradtx.contrib.scale_by_simplified_ademamix(b1=0.9, alpha=2.0, eps_root=1e-8),
+    gradtx.contrib.simplified_ademamix(1e-3, mask={"w": True, "b": False}, weight_decay=0.1),
+    gradtx.contrib.schedule_free(gradtx.adam(1e-2, b1=0.0), 1e-2, b1=0.8, state_dtype=jnp.float32),
+    gradtx.contrib.schedule_free_sgd(0.5, warmup_steps=5, weight_decay=1e-3),
+    gradtx.contrib.schedule_free_adamw(1e-2, warmup_steps=3, weight_lr_power=1.0),
+    gradtx.contrib.muon(1e-2, ns_coeffs="dion", weight_decay=0.01, consistent_rms=0.2),
+    gradtx.masked(
+        gradtx.contrib.scale_by_muon(ns_steps=3, beta=0.9, nesterov=False, adaptive=True),
+        {"w": True, "b": False},
+    ),
+    gradtx.masked(
+        gradtx.chain(
+            gradtx.contrib.scale_by_newton_schulz(ns_steps=4, preconditioning="aol"),
+            gradtx.contrib.scale_by_shape(consistent_rms=0.2),
+        ),
+        {"w": True, "b": False},
+    ),
     # (end contrib-a)
     # contrib-b
     # (end contrib-b)
