@@ -87,6 +87,14 @@ EXAMPLES = [
     # contrib-a
     # (end contrib-a)
     # contrib-b
+    gradtx.contrib.prodigy(
+        S.linear_schedule(1.0, 0.0, 100), betas=(0.8, 0.99), beta3=0.9, safeguard_warmup=True
+    ),
+    gradtx.contrib.dadapt_adamw(0.5, betas=(0.8, 0.99), estim_lr0=1e-5, weight_decay=0.01),
+    gradtx.contrib.scale_by_cocob(alpha=50.0, eps=1e-6),
+    gradtx.contrib.cocob(0.5, weight_decay=0.01, mask={"w": True, "b": False}),
+    gradtx.contrib.scale_by_madgrad(S.exponential_decay(0.1, 10, 0.5), momentum=0.8),
+    gradtx.contrib.madgrad(0.01, weight_decay=0.01, eps=1e-5),
     # (end contrib-b)
     # wrappers-a
     # (end wrappers-a)

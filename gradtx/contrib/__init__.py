@@ -1,5 +1,9 @@
 """optax.contrib's optimisers, each a short chain of gradtx pieces (optax's names and states)."""
 
+from gradtx.contrib.cocob import COCOBState, cocob, scale_by_cocob
+from gradtx.contrib.dadapt import DAdaptAdamWState, dadapt_adamw
+from gradtx.contrib.madgrad import MadgradState, madgrad, scale_by_madgrad
+from gradtx.contrib.prodigy import ProdigyState, prodigy
 from gradtx.plateau import ReduceLROnPlateauState, reduce_on_plateau
 
 __all__ = [
@@ -11,4 +15,14 @@ __all__ = [
 __all__ += [  # contrib-a
 ]  # (end contrib-a)
 __all__ += [  # contrib-b
+    "COCOBState",
+    "DAdaptAdamWState",
+    "MadgradState",
+    "ProdigyState",
+    "cocob",
+    "dadapt_adamw",
+    "madgrad",
+    "prodigy",
+    "scale_by_cocob",
+    "scale_by_madgrad",
 ]  # (end contrib-b)
