@@ -95,6 +95,7 @@ EXAMPLES = [
     gradtx.contrib.cocob(0.5, weight_decay=0.01, mask={"w": True, "b": False}),
     gradtx.contrib.scale_by_madgrad(S.exponential_decay(0.1, 10, 0.5), momentum=0.8),
     gradtx.contrib.madgrad(0.01, weight_decay=0.01, eps=1e-5),
+    gradtx.contrib.mechanize(gradtx.adam(0.1), weight_decay=0.1, num_betas=4),
     # (end contrib-b)
     # wrappers-a
     # (end wrappers-a)

@@ -3,6 +3,7 @@
 from gradtx.contrib.cocob import COCOBState, cocob, scale_by_cocob
 from gradtx.contrib.dadapt import DAdaptAdamWState, dadapt_adamw
 from gradtx.contrib.madgrad import MadgradState, madgrad, scale_by_madgrad
+from gradtx.contrib.mechanize import MechanicState, mechanize
 from gradtx.contrib.prodigy import ProdigyState, prodigy
 from gradtx.plateau import ReduceLROnPlateauState, reduce_on_plateau
 
@@ -18,10 +19,12 @@ __all__ += [  # contrib-b
     "COCOBState",
     "DAdaptAdamWState",
     "MadgradState",
+    "MechanicState",
     "ProdigyState",
     "cocob",
     "dadapt_adamw",
     "madgrad",
+    "mechanize",
     "prodigy",
     "scale_by_cocob",
     "scale_by_madgrad",
