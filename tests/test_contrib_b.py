@@ -194,7 +194,7 @@ def test_matches_optax_contrib_for_300_jitted_steps(name):
     assert float(loss(p_ours)) < 0.05 * float(loss(make_params()))
 
 
-@pytest.mark.parametrize("name", ["prodigy_args", "cocob_args"])
+@pytest.mark.parametrize("name", ["cocob_args", "dowg_args"])
 def test_matches_optax_contrib_without_jit(name):
     ours, theirs, kwargs, d_of = CASES[name]
     p_ours, u_ours, s_ours, _ = run(ours(**kwargs), 3, jit=False)
