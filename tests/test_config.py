@@ -154,6 +154,21 @@ EXAMPLES = [
     ),
     # (end contrib-a)
     # contrib-b
+    gradtx.contrib.prodigy(
+        S.linear_schedule(1.0, 0.0, 100), betas=(0.8, 0.99), beta3=0.9, safeguard_warmup=True
+    ),
+    gradtx.contrib.dadapt_adamw(0.5, betas=(0.8, 0.99), estim_lr0=1e-5, weight_decay=0.01),
+    gradtx.contrib.scale_by_cocob(alpha=50.0, eps=1e-6),
+    gradtx.contrib.cocob(0.5, weight_decay=0.01, mask={"w": True, "b": False}),
+    gradtx.contrib.scale_by_madgrad(S.exponential_decay(0.1, 10, 0.5), momentum=0.8),
+    gradtx.contrib.madgrad(0.01, weight_decay=0.01, eps=1e-5),
+    gradtx.contrib.mechanize(gradtx.adam(0.1), weight_decay=0.1, num_betas=4),
+    gradtx.contrib.scale_by_dog(("learning_rate", 1e-3), eps=1e-6),
+    gradtx.contrib.dog(
+        0.5, init_step=("distance", 1e-3), weight_decay=0.01, mask={"w": True, "b": False}
+    ),
+    gradtx.contrib.scale_by_dowg(init_estim_sq_dist=1e-3),
+    gradtx.contrib.dowg(S.cosine_decay_schedule(1.0, 100), eps=1e-6, weight_decay=0.01),
     # (end contrib-b)
     # wrappers-a
     # (end wrappers-a)

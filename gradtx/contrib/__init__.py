@@ -9,6 +9,11 @@ from gradtx.contrib.ademamix import (
     simplified_ademamix,
 )
 from gradtx.contrib.adopt import adopt, scale_by_adopt
+from gradtx.contrib.cocob import COCOBState, cocob, scale_by_cocob
+from gradtx.contrib.dadapt import DAdaptAdamWState, dadapt_adamw
+from gradtx.contrib.dowg import DoGState, DoWGState, dog, dowg, scale_by_dog, scale_by_dowg
+from gradtx.contrib.madgrad import MadgradState, madgrad, scale_by_madgrad
+from gradtx.contrib.mechanize import MechanicState, mechanize
 from gradtx.contrib.muon import (
     MuonDimensionNumbers,
     MuonState,
@@ -20,6 +25,7 @@ from gradtx.contrib.muon import (
     scale_by_newton_schulz,
     scale_by_shape,
 )
+from gradtx.contrib.prodigy import ProdigyState, prodigy
 from gradtx.contrib.schedule_free import (
     ScheduleFreeState,
     schedule_free,
@@ -60,4 +66,22 @@ __all__ += [  # contrib-a
     "simplified_ademamix",
 ]  # (end contrib-a)
 __all__ += [  # contrib-b
+    "COCOBState",
+    "DAdaptAdamWState",
+    "DoGState",
+    "DoWGState",
+    "MadgradState",
+    "MechanicState",
+    "ProdigyState",
+    "cocob",
+    "dadapt_adamw",
+    "dog",
+    "dowg",
+    "madgrad",
+    "mechanize",
+    "prodigy",
+    "scale_by_cocob",
+    "scale_by_dog",
+    "scale_by_dowg",
+    "scale_by_madgrad",
 ]  # (end contrib-b)
