@@ -426,6 +426,19 @@ def test_set_to_zero_is_optax_set_to_zero():
     assert repr(gradtx.set_to_zero()) == "set_to_zero()"
 
 
+def test_a_bool_or_0d_jax_bool_mask_freezes_all_or_nothing_as_in_optax():
+    params = make_params(7)
+    grads = jax.tree.map(jnp.ones_like, params)
+    for mask, want in ((True, 0.0), (jnp.asarray(True), 0.0), (np.bool_(False), 1.0)):
+        for opt in (gradtx.freeze(mask), optax.freeze(mask)):
+            u, _ = opt.update(grads, opt.init(params), params)
+            assert all(bool(jnp.all(x == want)) for x in jax.tree.leaves(u))
+    with pytest.raises(
+        TypeError, match=r"freeze: mask must be a Python or NumPy bool, got .*traced"
+    ):
+        jax.jit(lambda m: gradtx.freeze(m).init(params))(jnp.asarray(True))
+
+
 def test_every_k_steps_is_a_printable_condition():
     cond = every_k_steps(3, offset=1)
     assert [bool(cond(jnp.asarray(t))) for t in range(7)] == [t % 3 == 1 for t in range(7)]
