@@ -80,11 +80,24 @@ from gradtx.combine import (
     named_chain,
     partition,
 )
+from gradtx.conditional import (
+    ApplyEvery,
+    ConditionallyMaskState,
+    ConditionallyTransformState,
+    ConditionFn,
+    apply_every,
+    conditionally_mask,
+    conditionally_transform,
+    skip_large_updates,
+    skip_not_finite,
+)
 from gradtx.config import from_config, to_config
 from gradtx.dog import ScaleByDistanceOverGradientsState, scale_by_distance_over_gradients
 from gradtx.elementwise import add_constant, sqrt, square
 from gradtx.ewa import BiasCorrectionState, EmaState, bias_correction, ema
 from gradtx.factored import FactoredState, adafactor, scale_by_factored_rms
+from gradtx.flatten import flatten
+from gradtx.freeze import freeze, selective_transform, set_to_zero
 from gradtx.fused import apply_step, native_available
 from gradtx.grouped import Grouped, GroupLayout, group, ungroup
 from gradtx.guards import ApplyIfFiniteState, ZeroNansState, all_finite, apply_if_finite, zero_nans
@@ -107,9 +120,11 @@ from gradtx.linesearch import (
     scale_by_zoom_linesearch,
     value_and_grad_from_state,
 )
+from gradtx.lookahead import LookaheadParams, LookaheadState, lookahead
 from gradtx.microbatching import microbatch
 from gradtx.momentum import TraceState, trace
 from gradtx.monitor import MonitorNormsState, monitor_norms
+from gradtx.multi_steps import MultiSteps, ShouldSkipUpdateFunction
 from gradtx.native import native_status
 from gradtx.noise import AddNoiseState, add_noise, noisy_sgd
 from gradtx.optimistic import (
@@ -424,6 +439,24 @@ __all__ += [  # lbfgs
     "value_and_grad_from_state",
 ]  # (end lbfgs)
 __all__ += [  # wrappers-a
+    "ApplyEvery",
+    "ConditionFn",
+    "ConditionallyMaskState",
+    "ConditionallyTransformState",
+    "LookaheadParams",
+    "LookaheadState",
+    "MultiSteps",
+    "ShouldSkipUpdateFunction",
+    "apply_every",
+    "conditionally_mask",
+    "conditionally_transform",
+    "flatten",
+    "freeze",
+    "lookahead",
+    "selective_transform",
+    "set_to_zero",
+    "skip_large_updates",
+    "skip_not_finite",
 ]  # (end wrappers-a)
 __all__ += [  # wrappers-b
 ]  # (end wrappers-b)

@@ -177,8 +177,11 @@ def _resolve_mask(fn: str, mask: Any, tree: PyTree) -> PyTree:
     flags = []
     for path, m in leaves:
         if isinstance(m, (bool, np.bool_)) or (
-            isinstance(m, np.ndarray) and m.shape == () and m.dtype == np.bool_
-        ):
+            isinstance(m, (np.ndarray, jax.Array))
+            and checks.is_concrete(m)
+            and m.shape == ()
+            and m.dtype == np.bool_
+        ):  # a concrete 0-d JAX bool array is static too, as optax's masks take it
             flags.append(bool(m))
             continue
         raise TypeError(

@@ -11,9 +11,21 @@ from gradtx.combine import (
     named_chain,
     partition,
 )
+from gradtx.conditional import (
+    ConditionallyMaskState,
+    ConditionallyTransformState,
+    ConditionFn,
+    conditionally_mask,
+    conditionally_transform,
+    skip_large_updates,
+    skip_not_finite,
+)
 from gradtx.ewa import EmaState, ema
+from gradtx.flatten import flatten
+from gradtx.freeze import freeze, selective_transform
 from gradtx.guards import ApplyIfFiniteState, ZeroNansState, apply_if_finite, zero_nans
 from gradtx.momentum import TraceState, trace
+from gradtx.multi_steps import MultiSteps, ShouldSkipUpdateFunction
 from gradtx.noise import AddNoiseState, add_noise
 from gradtx.weight_decay import add_decayed_weights
 
@@ -45,6 +57,18 @@ __all__ += [  # zoo-c
     "add_noise",
 ]  # (end zoo-c)
 __all__ += [  # wrappers-a
+    "ConditionFn",
+    "ConditionallyMaskState",
+    "ConditionallyTransformState",
+    "MultiSteps",
+    "ShouldSkipUpdateFunction",
+    "conditionally_mask",
+    "conditionally_transform",
+    "flatten",
+    "freeze",
+    "selective_transform",
+    "skip_large_updates",
+    "skip_not_finite",
 ]  # (end wrappers-a)
 __all__ += [  # wrappers-b
 ]  # (end wrappers-b)
