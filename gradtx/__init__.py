@@ -48,7 +48,14 @@ from gradtx.base import (
     stateless_with_tree_map,
     with_extra_args_support,
 )
+from gradtx.centralize import centralize, normalize_by_update_norm, scale_gradient
 from gradtx.checkpoint import LeafSummary, StateSummary, restore_state, state_summary
+from gradtx.clip_variants import (
+    adaptive_grad_clip,
+    clip_by_block_rms,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
+)
 from gradtx.clipping import clip, clip_by_global_norm, global_norm
 from gradtx.combine import (
     DivideState,
@@ -63,6 +70,7 @@ from gradtx.combine import (
     partition,
 )
 from gradtx.config import from_config, to_config
+from gradtx.constraints import NonNegativeParamsState, keep_params_nonnegative
 from gradtx.elementwise import add_constant, sqrt, square
 from gradtx.ewa import BiasCorrectionState, EmaState, bias_correction, ema
 from gradtx.fused import apply_step, native_available
@@ -124,6 +132,13 @@ from gradtx.schedules import (
     piecewise_constant_schedule,
     polynomial_schedule,
     warmup_cosine_decay_schedule,
+)
+from gradtx.snapshot import (
+    MonitorState,
+    SnapshotState,
+    measure_with_ema,
+    monitor,
+    snapshot,
 )
 from gradtx.tree_utils import tree_map_params
 from gradtx.warmup import (
@@ -314,4 +329,18 @@ __all__ += [  # lbfgs
 __all__ += [  # wrappers-a
 ]  # (end wrappers-a)
 __all__ += [  # wrappers-b
+    "MonitorState",
+    "NonNegativeParamsState",
+    "SnapshotState",
+    "adaptive_grad_clip",
+    "centralize",
+    "clip_by_block_rms",
+    "keep_params_nonnegative",
+    "measure_with_ema",
+    "monitor",
+    "normalize_by_update_norm",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "scale_gradient",
+    "snapshot",
 ]  # (end wrappers-b)
