@@ -26,8 +26,6 @@ from jax.typing import ArrayLike
 from gradtx import base, checks, numerics
 from gradtx.base import GradientTransformation, PyTree, factory
 
-Axis = int | tuple[int, ...] | None
-
 
 def _out_dtype(x: Array, computed: Any) -> Any:
     """`x`'s dtype when it is floating or complex, else the dtype the math ran in."""
@@ -87,7 +85,7 @@ def _unit_axes(fn: str, x: Array, axis: Any) -> tuple[int, ...] | None:
                     "axes that every leaf has, or None for the default units"
                 )
         return tuple(int(a) for a in items)
-    if jnp.squeeze(x).ndim <= 1:  # scalars and vectors: the whole leaf is one unit
+    if sum(d != 1 for d in x.shape) <= 1:  # scalars and vectors, once squeezed: one unit
         return None
     if x.ndim in (2, 3):  # dense kernels (in, out) and multi-head ones
         return (0,)
