@@ -590,6 +590,11 @@ def test_optax_states_run_in_gradtx_updates():
     close(ours.update(g, restored)[1], o_next)
     # gradtx's init state is optax's state after an update, with zeros
     assert paths(ours.init(params)) == paths(o_next)
+    # the stateless pieces take optax's EmptyState (and hand it back)
+    positive = jax.tree.map(jnp.abs, params)
+    for opt in (gradtx.adaptive_grad_clip(0.1), gradtx.keep_params_nonnegative()):
+        out, state = opt.update(g, optax.EmptyState(), positive)
+        assert state == optax.EmptyState() and paths(out) == paths(g)
 
 
 def test_snapshot_and_monitor_store_the_measurements_by_name():
