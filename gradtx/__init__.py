@@ -66,7 +66,14 @@ from gradtx.base import (
     stateless_with_tree_map,
     with_extra_args_support,
 )
+from gradtx.centralize import centralize, normalize_by_update_norm, scale_gradient
 from gradtx.checkpoint import LeafSummary, StateSummary, restore_state, state_summary
+from gradtx.clip_variants import (
+    adaptive_grad_clip,
+    clip_by_block_rms,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
+)
 from gradtx.clipping import clip, clip_by_global_norm, global_norm
 from gradtx.combine import (
     DivideState,
@@ -92,6 +99,7 @@ from gradtx.conditional import (
     skip_not_finite,
 )
 from gradtx.config import from_config, to_config
+from gradtx.constraints import NonNegativeParamsState, keep_params_nonnegative
 from gradtx.dog import ScaleByDistanceOverGradientsState, scale_by_distance_over_gradients
 from gradtx.elementwise import add_constant, sqrt, square
 from gradtx.ewa import BiasCorrectionState, EmaState, bias_correction, ema
@@ -182,6 +190,13 @@ from gradtx.schedules import (
 )
 from gradtx.sign import ScaleByLionState, lion, scale_by_lion, scale_by_sign, sign_sgd, signum
 from gradtx.sm3 import ScaleBySM3State, scale_by_sm3, sm3
+from gradtx.snapshot import (
+    MonitorState,
+    SnapshotState,
+    measure_with_ema,
+    monitor,
+    snapshot,
+)
 from gradtx.tree_utils import tree_map_params
 from gradtx.trust_ratio import (
     ScaleByTrustRatioState,
@@ -459,4 +474,18 @@ __all__ += [  # wrappers-a
     "skip_not_finite",
 ]  # (end wrappers-a)
 __all__ += [  # wrappers-b
+    "MonitorState",
+    "NonNegativeParamsState",
+    "SnapshotState",
+    "adaptive_grad_clip",
+    "centralize",
+    "clip_by_block_rms",
+    "keep_params_nonnegative",
+    "measure_with_ema",
+    "monitor",
+    "normalize_by_update_norm",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "scale_gradient",
+    "snapshot",
 ]  # (end wrappers-b)

@@ -1,6 +1,14 @@
 """`optax.transforms`' names: the combinators and wrappers, in one namespace as optax has them."""
 
 from gradtx.accumulation import MultiStepsState
+from gradtx.clip_variants import (
+    adaptive_grad_clip,
+    clip_by_block_rms,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
+    unitwise_clip,
+    unitwise_norm,
+)
 from gradtx.clipping import clip, clip_by_global_norm
 from gradtx.combine import (
     MaskedNode,
@@ -20,6 +28,7 @@ from gradtx.conditional import (
     skip_large_updates,
     skip_not_finite,
 )
+from gradtx.constraints import NonNegativeParamsState, keep_params_nonnegative
 from gradtx.ewa import EmaState, ema
 from gradtx.flatten import flatten
 from gradtx.freeze import freeze, selective_transform
@@ -27,6 +36,7 @@ from gradtx.guards import ApplyIfFiniteState, ZeroNansState, apply_if_finite, ze
 from gradtx.momentum import TraceState, trace
 from gradtx.multi_steps import MultiSteps, ShouldSkipUpdateFunction
 from gradtx.noise import AddNoiseState, add_noise
+from gradtx.snapshot import MonitorState, SnapshotState, measure_with_ema, monitor, snapshot
 from gradtx.weight_decay import add_decayed_weights
 
 __all__ = [
@@ -71,4 +81,17 @@ __all__ += [  # wrappers-a
     "skip_not_finite",
 ]  # (end wrappers-a)
 __all__ += [  # wrappers-b
+    "MonitorState",
+    "NonNegativeParamsState",
+    "SnapshotState",
+    "adaptive_grad_clip",
+    "clip_by_block_rms",
+    "keep_params_nonnegative",
+    "measure_with_ema",
+    "monitor",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "snapshot",
+    "unitwise_clip",
+    "unitwise_norm",
 ]  # (end wrappers-b)

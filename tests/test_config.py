@@ -188,6 +188,20 @@ EXAMPLES = [
     ).gradient_transformation(),
     # (end wrappers-a)
     # wrappers-b
+    gradtx.clip_by_block_rms(0.5),
+    gradtx.adaptive_grad_clip(0.1, eps=1e-2, axis=0),
+    gradtx.centralize(),
+    gradtx.normalize_by_update_norm(-0.5, eps=1e-3),
+    gradtx.chain(gradtx.sgd(0.1), gradtx.keep_params_nonnegative()),
+    gradtx.snapshot("norm", gradtx.global_norm),
+    gradtx.monitor(
+        {
+            "norm": gradtx.global_norm,
+            "ema": gradtx.measure_with_ema(
+                gradtx.global_norm, 0.9, debias=False, accumulator_dtype=jnp.float32
+            ),
+        }
+    ),
     # (end wrappers-b)
 ]
 
@@ -236,6 +250,9 @@ NOT_FACTORIES = {
     "skip_large_updates",
     # (end wrappers-a)
     # wrappers-b
+    "per_example_global_norm_clip",  # functions of per-example gradients
+    "per_example_layer_norm_clip",
+    "scale_gradient",  # a function of a loss's inputs
     # (end wrappers-b)
 }
 
