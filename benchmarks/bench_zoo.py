@@ -31,7 +31,10 @@ def _runner(tx: Any, apply_updates: Any, params: Any, grads: Any, extra: dict[st
         return apply_updates(params, updates), state
 
     params = jax.tree.map(lambda x: x.copy(), params)
-    return bench_step._jax_runner(step, params, tx.init(params), grads)
+    # a state may hold the params themselves (Prodigy's, D-Adaptation's initial point):
+    # copied, so that donating params and state never donates one buffer twice
+    state = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, tx.init(params))
+    return bench_step._jax_runner(step, params, state, grads)
 
 
 def measure(entry: zoo.Entry, params: Any, grads: Any, rounds: int) -> dict[str, Any]:

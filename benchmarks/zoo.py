@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if (ROOT / "gradtx" / "__init__.py").is_file() and str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: this checkout's gradtx
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import gradtx  # noqa: E402
@@ -50,7 +52,26 @@ def _same(
     )
 
 
+def _line_search_args(params: Any, grads: Any) -> dict[str, Any]:
+    """What a line search's `update` needs: the value, its gradient and the function."""
+    value_fn = lambda p: sum(0.5 * jnp.sum(x**2) for x in jax.tree.leaves(p))
+    return {"value": value_fn(params), "grad": grads, "value_fn": value_fn}
+
+
+def _loss_value(params: Any, grads: Any) -> dict[str, Any]:
+    return {"value": jnp.asarray(1.0, jnp.float32)}
+
+
+def _mechanize() -> Entry:
+    return Entry(
+        "contrib.mechanize",
+        lambda: gradtx.contrib.mechanize(gradtx.adam(LR)),
+        lambda: optax.contrib.mechanize(optax.adam(LR)),
+    )
+
+
 ZOO: list[Entry] = [
+    # the course's optimisers
     _same("sgd", LR, momentum=0.9),
     _same("rmsprop", LR),
     _same("adagrad", LR),
@@ -58,6 +79,44 @@ ZOO: list[Entry] = [
     _same("adamw", LR),
     _same("nadam", LR),
     _same("amsgrad", LR),
+    # optax's other aliases
+    _same("adabelief", LR),
+    _same("adadelta", LR),
+    _same("adafactor", LR),
+    _same("adamax", LR),
+    _same("adamaxw", LR),
+    _same("adan", LR),
+    _same("fromage", LR),
+    _same("lamb", LR),
+    _same("lars", LR),
+    _same("lbfgs", extra=_line_search_args),
+    _same("lion", LR),
+    _same("nadamw", LR),
+    _same("noisy_sgd", LR, key=jax.random.key(0)),
+    _same("novograd", LR),
+    _same("optimistic_gradient_descent", LR),
+    _same("optimistic_adam_v2", LR),
+    _same("polyak_sgd", extra=_loss_value),
+    _same("radam", LR),
+    _same("rprop", LR),
+    _same("sign_sgd", LR),
+    _same("signum", LR),
+    _same("sm3", LR),
+    _same("yogi", LR),
+    # optax.contrib's
+    _same("contrib.ademamix", LR),
+    _same("contrib.simplified_ademamix", LR),
+    _same("contrib.adopt", LR),
+    _same("contrib.cocob"),
+    _same("contrib.dadapt_adamw"),
+    _same("contrib.dog"),
+    _same("contrib.dowg"),
+    _same("contrib.madgrad", LR),
+    _mechanize(),
+    _same("contrib.muon", LR),
+    _same("contrib.prodigy"),
+    _same("contrib.schedule_free_adamw", LR),
+    _same("contrib.schedule_free_sgd", LR),
 ]
 
 
@@ -66,9 +125,11 @@ def pieces(tx: Any) -> str:
     spec = spec_of(tx)
     if spec is None:
         return "?"
+    inner = [pieces(t) for t in spec.inner() if spec_of(t).name != "identity"]
     if spec.name == "chain":  # an `identity` is a switched-off part (no momentum), not shown
-        inner = [pieces(t) for t in spec.inner() if spec_of(t).name != "identity"]
         return " → ".join(inner) or "identity"
+    if inner:  # a wrapper (masked, partition, schedule_free, ...) around its transformations
+        return f"{spec.name}({'; '.join(inner)})"
     return spec.name
 
 

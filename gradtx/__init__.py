@@ -214,7 +214,7 @@ from gradtx.warmup import (
 from gradtx.weight_decay import AddDecayedWeightsState, WeightDecaySchedule, add_decayed_weights
 
 # optax's names for stateless pieces' states (all `EmptyState` there too) and for `partition`'s.
-ClipState = ClipByGlobalNormState = ScaleState = EmptyState
+ClipState = ClipByGlobalNormState = ScaleState = AdaptiveGradClipState = EmptyState
 MultiTransformState = PartitionState
 MaskOrFn = _typing.MaskOrFn
 
@@ -305,6 +305,7 @@ __all__ = [
     "EmaState",
     "EmptyState",
     "ClipState",
+    "AdaptiveGradClipState",
     "ClipByGlobalNormState",
     "ScaleState",
     "MultiTransformState",

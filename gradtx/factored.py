@@ -18,8 +18,9 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike, DTypeLike
 
-from gradtx import base, checks, numerics
+from gradtx import checks, numerics
 from gradtx.base import GradientTransformation, PyTree, ScalarOrSchedule, factory
+from gradtx.clip_variants import clip_by_block_rms
 from gradtx.combine import chain
 from gradtx.ewa import ema
 from gradtx.param_block import scale_by_param_block_rms
@@ -221,32 +222,6 @@ def scale_by_factored_rms(
     return GradientTransformation(init, update)
 
 
-@factory
-def _clip_by_block_rms(threshold: float) -> GradientTransformation:
-    r"""Clips each leaf of updates to a root mean square of at most $c$.
-
-    $$u = g \Big/ \max\Bigl(1, \sqrt{\tfrac{1}{n}\textstyle\sum_i |g_i|^2} \,/\, c\Bigr)$$
-
-    Adafactor's update clipping (optax's `clip_by_block_rms`; the wrappers part of gradtx
-    provides that public name, which replaces this one on merge). Stores nothing.
-
-    Args:
-        threshold: $c > 0$, the largest root mean square a leaf keeps.
-    """
-    checks.check_positive("clip_by_block_rms", "threshold", threshold)
-
-    def leaf(g):
-        dtype = numerics.compute_dtype(g)
-        g32 = numerics.cast(g, dtype)
-        rms = jnp.sqrt(jnp.mean(numerics.abs_sq(g32)))
-        denom = jnp.maximum(1, rms / numerics.as_compute(threshold, rms.dtype))
-        return numerics.cast(g32 / numerics.cast(denom, dtype), g.dtype)
-
-    return base.stateless_pair(
-        lambda updates, params: jax.tree.map(leaf, numerics.as_arrays(updates))
-    )
-
-
 def adafactor(
     learning_rate: ScalarOrSchedule | None = None,
     min_dim_size_to_factor: int = 128,
@@ -307,7 +282,7 @@ def adafactor(
         scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)
     ]
     if clipping_threshold is not None:
-        pieces.append(_clip_by_block_rms(clipping_threshold))
+        pieces.append(clip_by_block_rms(clipping_threshold))
     if learning_rate is not None:
         checks.check_scalar_or_schedule("adafactor", "learning_rate", learning_rate)
         pieces.append(scale_by_learning_rate(learning_rate, flip_sign=False))

@@ -245,6 +245,8 @@ def adamw(
         nesterov: Nesterov's look-ahead on the first moment (NAdamW).
         nu_dtype: storage dtype of $v$ (gradtx only).
     """
+    # add_decayed_weights admits factors in (-1, 0) (fromage's shrink); AdamW's decay is >= 0
+    checks.check_scalar_or_schedule("adamw", "weight_decay", weight_decay)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
         add_decayed_weights(weight_decay, mask),

@@ -38,6 +38,7 @@ BAD_HYPERPARAMS = [
     (lambda: gradtx.rmsprop(0.1, nesterov=True), ValueError, "rmsprop: nesterov=True needs"),
     (lambda: gradtx.scale_by_schedule(0.1), TypeError, "scale_by_schedule: step_size_fn"),
     (lambda: gradtx.add_decayed_weights(-1.0), ValueError, "add_decayed_weights: weight_decay"),
+    (lambda: gradtx.adamw(1e-3, weight_decay=-0.5), ValueError, "adamw: weight_decay must be"),
     (lambda: gradtx.clip(-1.0), ValueError, "clip: max_delta"),
     (lambda: gradtx.clip_by_global_norm(0.0), ValueError, "clip_by_global_norm: max_norm"),
     (lambda: gradtx.add_constant(float("inf")), ValueError, "add_constant: value must be finite"),
@@ -205,9 +206,19 @@ def test_partition_with_an_unknown_label():
 
 
 def test_mask_must_be_static_bools():
-    opt = gradtx.masked(gradtx.sgd(0.1), {"dense": {"w": jnp.array(True), "bias": False}})
+    # a concrete 0-d JAX bool is static (optax's masks take it); a traced one, or a bool
+    # array of another shape, cannot say which leaves to mask while tracing
+    concrete = gradtx.masked(gradtx.sgd(0.1), {"dense": {"w": jnp.array(True), "bias": False}})
+    python = gradtx.masked(gradtx.sgd(0.1), {"dense": {"w": True, "bias": False}})
+    assert jax.tree.structure(concrete.init(PARAMS)) == jax.tree.structure(python.init(PARAMS))
+
+    def init_with(flag):
+        return gradtx.masked(gradtx.sgd(0.1), {"dense": {"w": flag, "bias": False}}).init(PARAMS)
+
     with pytest.raises(TypeError, match=re.escape("masked: mask['dense']['w'] must be a Python")):
-        opt.init(PARAMS)
+        jax.jit(init_with)(jnp.array(True))
+    with pytest.raises(TypeError, match=re.escape("masked: mask['dense']['w'] must be a Python")):
+        init_with(jnp.array([True, False]))
 
 
 def test_mask_with_wrong_structure():

@@ -63,7 +63,7 @@ def subprocess_env() -> dict[str, str]:
 
 
 def test_there_are_notebooks():
-    assert len(NOTEBOOKS) >= 5, NOTEBOOKS
+    assert len(NOTEBOOKS) >= 6, NOTEBOOKS
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradtx
-from gradtx.factored import _clip_by_block_rms, decay_rate_pow, factored_dims
+from gradtx.factored import decay_rate_pow, factored_dims
 
 SHAPES = {"w": (3, 4), "t": (5, 3), "b": (4,), "blocks": [(2, 2, 3), ()], "small": (1, 5)}
 BIG = {**SHAPES, "big": (130, 128)}  # factored by adafactor's default min_dim_size_to_factor
@@ -285,7 +285,7 @@ def test_rank_one_gradients_are_factored_exactly(rows, cols, seed, steps):
 @given(scale=st.floats(1e-3, 1e3), threshold=st.floats(0.1, 10.0), seed=st.integers(0, 2**16))
 def test_block_rms_clipping_bounds_each_leaf(scale, threshold, seed):
     updates = jax.tree.map(lambda x: scale * x, make_params(SHAPES, seed))
-    clipped, _ = _clip_by_block_rms(threshold).update(updates, optax.EmptyState())
+    clipped, _ = gradtx.clip_by_block_rms(threshold).update(updates, optax.EmptyState())
     for u, c in zip(jax.tree.leaves(updates), jax.tree.leaves(clipped)):
         rms = float(jnp.sqrt(jnp.mean(u**2)))
         assert float(jnp.sqrt(jnp.mean(c**2))) <= threshold * (1 + 1e-5)
