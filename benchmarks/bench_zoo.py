@@ -104,3 +104,11 @@ def run(quick: bool) -> tuple[list[str], dict[str, Any]]:
         "",
     ]
     return lines, results
+
+
+if __name__ == "__main__":  # python benchmarks/bench_zoo.py [--quick]: this section alone
+    import sys
+
+    body, _ = run("--quick" in sys.argv[1:])
+    print("\n".join(["## 7. The zoo: every optimiser against optax's", "", *harness.environment(),
+                     "", *body]))  # fmt: skip

@@ -106,6 +106,7 @@ def adadelta(
         ValueError: for a negative `learning_rate` or `weight_decay`, `rho` outside
             $[0, 1)$ or `eps` $\leq 0$.
     """
+    checks.check_weight_decay("adadelta", "weight_decay", weight_decay)
     if learning_rate is None:
         learning_rate = 1.0
     checks.check_scalar_or_schedule("adadelta", "learning_rate", learning_rate)

@@ -158,6 +158,7 @@ def adan(
     Raises:
         ValueError: as the three pieces do.
     """
+    checks.check_weight_decay("adan", "weight_decay", weight_decay)
     checks.check_scalar_or_schedule("adan", "learning_rate", learning_rate)
     return chain(
         scale_by_adan(b1=b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root),

@@ -141,6 +141,16 @@ def check_scalar_or_schedule(fn: str, name: str, value: Any, *, non_negative: bo
         as_float(fn, name, value)
 
 
+def check_weight_decay(fn: str, name: str, value: Any) -> None:
+    """An optimiser's weight decay: a number $\\geq 0$ or a schedule (None: no decay).
+
+    `add_decayed_weights` itself admits factors in $(-1, 0)$ (`fromage`'s shrink after the
+    learning rate); an optimiser's `weight_decay` argument is a decay, never negative.
+    """
+    if value is not None:
+        check_scalar_or_schedule(fn, name, value)
+
+
 def check_int(
     fn: str, name: str, value: Any, low: int = 0, *, traced: bool = False, whole_float: bool = False
 ) -> Any:

@@ -191,12 +191,27 @@ def _resolve_mask(fn: str, mask: Any, tree: PyTree) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, flags)
 
 
+def _first_mask_mismatch(mask_tree: PyTree, tree: PyTree) -> Any:
+    """The first key path at which `mask_tree` is not a prefix of `tree` (None if none is)."""
+    mask_paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(mask_tree)]
+    tree_paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+    for p in mask_paths:  # a mask leaf that covers no leaf of the tree
+        if not any(t[: len(p)] == p for t in tree_paths):
+            return p
+    for t in tree_paths:  # a leaf of the tree that no mask leaf covers
+        if not any(t[: len(p)] == p for p in mask_paths):
+            return t
+    return None
+
+
 def _apply_mask(fn: str, mask_tree: PyTree, tree: PyTree) -> PyTree:
     try:
         return jax.tree.map(lambda m, t: t if m else MaskedNode(), mask_tree, tree)
     except ValueError as err:
+        path = _first_mask_mismatch(mask_tree, tree)
+        where = "" if path is None else f" first at key path {jax.tree_util.keystr(path)};"
         raise ValueError(
-            f"{fn}: the mask's tree must match the params' tree or be a prefix of it: {err}"
+            f"{fn}: the mask's tree must match the params' tree or be a prefix of it;{where} {err}"
         ) from err
 
 

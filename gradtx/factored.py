@@ -277,6 +277,7 @@ def adafactor(
     Raises:
         ValueError, TypeError: from the pieces' checks, naming the piece and argument.
     """
+    checks.check_weight_decay("adafactor", "weight_decay_rate", weight_decay_rate)
     checks.check_bool("adafactor", "multiply_by_parameter_scale", multiply_by_parameter_scale)
     pieces = [
         scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)

@@ -313,3 +313,42 @@ def test_tree_mismatch_of_same_named_classes_says_they_come_from_two_libraries()
         r"updates has a .*Node node where state has a .*Node one \(two classes",
     ):
         opt.update({"a": theirs(jnp.ones(2))}, state)
+
+
+# add_decayed_weights admits factors in (-1, 0) (fromage's shrink after the learning rate);
+# every optimiser's weight decay is a decay: a negative one is refused, naming the optimiser.
+NEGATIVE_DECAYS = {
+    "adamw": lambda: gradtx.adamw(1e-3, weight_decay=-0.5),
+    "adamaxw": lambda: gradtx.adamaxw(1e-3, weight_decay=-0.5),
+    "nadamw": lambda: gradtx.nadamw(1e-3, weight_decay=-0.5),
+    "lion": lambda: gradtx.lion(1e-3, weight_decay=-0.5),
+    "lamb": lambda: gradtx.lamb(1e-3, weight_decay=-0.5),
+    "lars": lambda: gradtx.lars(1e-3, weight_decay=-0.5),
+    "adan": lambda: gradtx.adan(1e-3, weight_decay=-0.5),
+    "adadelta": lambda: gradtx.adadelta(1e-3, weight_decay=-0.5),
+    "adafactor": lambda: gradtx.adafactor(1e-3, weight_decay_rate=-0.5),
+    "cocob": lambda: gradtx.contrib.cocob(weight_decay=-0.5),
+    "dog": lambda: gradtx.contrib.dog(weight_decay=-0.5),
+    "dowg": lambda: gradtx.contrib.dowg(weight_decay=-0.5),
+    "madgrad": lambda: gradtx.contrib.madgrad(1e-3, weight_decay=-0.5),
+    "ademamix": lambda: gradtx.contrib.ademamix(1e-3, weight_decay=-0.5),
+    "simplified_ademamix": lambda: gradtx.contrib.simplified_ademamix(1e-3, weight_decay=-0.5),
+    "muon": lambda: gradtx.contrib.muon(1e-3, weight_decay=-0.5),
+    "schedule_free_adamw": lambda: gradtx.contrib.schedule_free_adamw(1e-3, weight_decay=-0.5),
+    "schedule_free_sgd": lambda: gradtx.contrib.schedule_free_sgd(1e-3, weight_decay=-0.5),
+    "prodigy": lambda: gradtx.contrib.prodigy(weight_decay=-0.5),
+    "dadapt_adamw": lambda: gradtx.contrib.dadapt_adamw(weight_decay=-0.5),
+    "mechanize": lambda: gradtx.contrib.mechanize(gradtx.adam(1e-3), weight_decay=-0.5),
+}
+
+
+@pytest.mark.parametrize("name", NEGATIVE_DECAYS)
+def test_a_negative_weight_decay_is_refused_by_every_optimiser(name):
+    with pytest.raises(ValueError, match=rf"^{name}: weight_decay(_rate)? must be"):
+        NEGATIVE_DECAYS[name]()
+
+
+def test_add_decayed_weights_admits_a_shrink_factor_above_minus_one():
+    params = {"w": jnp.array([2.0, -4.0])}
+    updates, _ = gradtx.add_decayed_weights(-0.25).update({"w": jnp.zeros(2)}, None, params)
+    np.testing.assert_allclose(updates["w"], [-0.5, 1.0])

@@ -389,7 +389,11 @@ BAD = [
     (lambda: gradtx.adafactor(-0.1), ValueError, "adafactor: learning_rate must be in [0, inf]"),
     (lambda: gradtx.adafactor(momentum=1.0), ValueError, "ema: decay must be in [0, 1)"),
     (lambda: gradtx.adafactor(momentum=0.9, dtype_momentum="int8"), ValueError, "accumulator"),
-    (lambda: gradtx.adafactor(weight_decay_rate=-1), ValueError, "weight_decay must be in"),
+    (
+        lambda: gradtx.adafactor(weight_decay_rate=-1),
+        ValueError,
+        "adafactor: weight_decay_rate must be in",
+    ),
     (lambda: gradtx.adafactor(eps=-1.0), ValueError, "scale_by_factored_rms: epsilon"),
     (
         lambda: gradtx.scale_by_param_block_rms(-1.0),
@@ -660,7 +664,7 @@ BAD_ZOO = [
         "scale_by_adadelta: eps must be in (0, inf], got 0.0",
     ),
     (lambda: gradtx.adadelta(-1.0), ValueError, "adadelta: learning_rate must be in [0, inf]"),
-    (lambda: gradtx.adadelta(weight_decay=-2.0), ValueError, "add_decayed_weights: weight_decay"),
+    (lambda: gradtx.adadelta(weight_decay=-2.0), ValueError, "adadelta: weight_decay must be"),
     (
         lambda: gradtx.rprop(0.0),
         ValueError,

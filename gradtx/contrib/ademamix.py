@@ -163,6 +163,7 @@ def ademamix(
     Returns:
         A `GradientTransformation`: the chain's tuple of states.
     """
+    checks.check_weight_decay("ademamix", "weight_decay", weight_decay)
     checks.check_scalar_or_schedule("ademamix", "learning_rate", learning_rate)
     return chain(
         scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype),
@@ -270,6 +271,7 @@ def simplified_ademamix(
     Returns:
         A `GradientTransformation`: the chain's tuple of states.
     """
+    checks.check_weight_decay("simplified_ademamix", "weight_decay", weight_decay)
     checks.check_scalar_or_schedule("simplified_ademamix", "learning_rate", learning_rate)
     return chain(
         scale_by_simplified_ademamix(b1, b2, alpha, eps, eps_root),

@@ -142,6 +142,7 @@ def cocob(
     Raises:
         ValueError: for a negative `learning_rate`, `alpha`, `eps` or `weight_decay`.
     """
+    checks.check_weight_decay("cocob", "weight_decay", weight_decay)
     checks.check_scalar_or_schedule("cocob", "learning_rate", learning_rate)
     return chain(
         add_decayed_weights(weight_decay, mask),

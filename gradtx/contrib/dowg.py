@@ -189,6 +189,7 @@ def dog(
         ValueError: for a negative `learning_rate` or `weight_decay`, or a bad `init_step`
             or `eps` (see `scale_by_dog`).
     """
+    checks.check_weight_decay("dog", "weight_decay", weight_decay)
     checks.check_scalar_or_schedule("dog", "learning_rate", learning_rate)
     return chain(
         _decay(weight_decay, mask),
@@ -285,6 +286,7 @@ def dowg(
         ValueError: for a negative `learning_rate` or `weight_decay`, or a bad
             `init_estim_sq_dist` or `eps` (see `scale_by_dowg`).
     """
+    checks.check_weight_decay("dowg", "weight_decay", weight_decay)
     checks.check_scalar_or_schedule("dowg", "learning_rate", learning_rate)
     return chain(
         _decay(weight_decay, mask),

@@ -132,6 +132,7 @@ def madgrad(
         ValueError: for a negative `learning_rate`, `weight_decay` or `eps`, a `momentum`
             outside $[0, 1]$.
     """
+    checks.check_weight_decay("madgrad", "weight_decay", weight_decay)
     _check("madgrad", learning_rate, momentum, eps)
     return chain(
         add_decayed_weights(weight_decay),

@@ -622,6 +622,7 @@ def muon(
     Raises:
         ValueError: for an unknown preset; the pieces check the rest.
     """
+    checks.check_weight_decay("muon", "weight_decay", weight_decay)
     fn = "muon"
     checks.check_scalar_or_schedule(fn, "learning_rate", learning_rate)
     if isinstance(ns_coeffs, str):

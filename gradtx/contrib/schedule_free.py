@@ -208,6 +208,7 @@ def schedule_free_sgd(
     Returns:
         A `schedule_free` transformation.
     """
+    checks.check_weight_decay("schedule_free_sgd", "weight_decay", weight_decay)
     lr = _warmed_up(learning_rate, warmup_steps)
     optimizer = sgd(lr)
     if weight_decay is not None:
@@ -245,6 +246,7 @@ def schedule_free_adamw(
     Returns:
         A `schedule_free` transformation.
     """
+    checks.check_weight_decay("schedule_free_adamw", "weight_decay", weight_decay)
     lr = _warmed_up(learning_rate, warmup_steps)
     optimizer = chain(
         scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
