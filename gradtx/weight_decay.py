@@ -53,6 +53,10 @@ def add_decayed_weights(
             hint="a decay is >= 0; a negative value shrinks the weights by 1 + weight_decay",
         )
     scheduled = callable(weight_decay)
+    # A zero constant decays nothing: the update is skipped (as optax does), which spares a
+    # pass over the params (measured: adadelta and lars, whose default decay is 0, 1.3x optax's
+    # step on the ResNet-50-like tree without this).
+    zero = isinstance(weight_decay, (int, float)) and not scheduled and weight_decay == 0
 
     def init(params):
         del params
@@ -66,6 +70,8 @@ def add_decayed_weights(
             )
         params = numerics.prune_like(updates, params)
         checks.check_tree_match("add_decayed_weights", updates, params, "updates", "params")
+        if zero:
+            return numerics.as_arrays(updates), state
         wd = numerics.evaluate(weight_decay, state.count if scheduled else numerics.zero_count())
 
         def leaf(g, p):

@@ -216,3 +216,18 @@ def test_weakly_typed_gradients_give_strongly_typed_states_and_updates(make):
         length=2,
     )
     assert jax.tree.structure(new) == jax.tree.structure(state_weak)
+
+
+def test_a_zero_constant_weight_decay_skips_the_update():
+    # as optax: no pass over the params (a measured 1.3x step for adadelta/lars otherwise),
+    # so even a non-finite parameter leaves the update as it is
+    params = {"w": jnp.array([jnp.inf, 2.0]), "b": jnp.array(1.0)}
+    updates = {"w": jnp.array([0.5, -1.0]), "b": 3.0}
+    out, _ = gradtx.add_decayed_weights(0.0).update(updates, gradtx.EmptyState(), params)
+    np.testing.assert_array_equal(out["w"], updates["w"])
+    assert isinstance(out["b"], jax.Array) and float(out["b"]) == 3.0
+    jaxpr = jax.make_jaxpr(lambda u, p: gradtx.add_decayed_weights(0.0).update(u, None, p)[0])
+    assert "mul" not in str(jaxpr(updates, params))
+    # a non-zero or scheduled decay still reads the params
+    out, _ = gradtx.add_decayed_weights(0.5).update(updates, gradtx.EmptyState(), params)
+    np.testing.assert_array_equal(out["w"], [jnp.inf, 0.0])
