@@ -26,13 +26,6 @@ class ScaleByAmsgradState(NamedTuple):
     nu_max: PyTree  # running maximum of the debiased second moment
 
 
-def _check_adam_args(fn: str, b1, b2, eps, eps_root) -> None:
-    checks.check_decay(fn, "b1", b1)
-    checks.check_decay(fn, "b2", b2)
-    checks.check_non_negative(fn, "eps", eps)
-    checks.check_non_negative(fn, "eps_root", eps_root)
-
-
 @factory
 def scale_by_adam(
     b1: float = 0.9,
@@ -77,7 +70,7 @@ def scale_by_adam(
         ValueError: for decays outside $[0, 1)$ or negative `eps`/`eps_root`.
     """
     fn = "scale_by_adam"
-    _check_adam_args(fn, b1, b2, eps, eps_root)
+    checks.check_moments(fn, b1, b2, eps, eps_root)
     checks.check_bool(fn, "nesterov", nesterov)
     mu_dt = checks.canonicalize_dtype(fn, "mu_dtype", mu_dtype)
     nu_dt = checks.canonicalize_dtype(fn, "nu_dtype", nu_dtype)
@@ -157,7 +150,7 @@ def scale_by_adam_composed(
     from gradtx.elementwise import add_constant, sqrt, square
     from gradtx.ewa import bias_correction, ema
 
-    _check_adam_args("scale_by_adam_composed", b1, b2, eps, eps_root)
+    checks.check_moments("scale_by_adam_composed", b1, b2, eps, eps_root)
     return divide(
         chain(ema(b1, accumulator_dtype=mu_dtype), bias_correction(b1)),
         chain(
@@ -198,7 +191,7 @@ def scale_by_amsgrad(
         A `GradientTransformation` with state `ScaleByAmsgradState(count, mu, nu, nu_max)`.
     """
     fn = "scale_by_amsgrad"
-    _check_adam_args(fn, b1, b2, eps, eps_root)
+    checks.check_moments(fn, b1, b2, eps, eps_root)
     mu_dt = checks.canonicalize_dtype(fn, "mu_dtype", mu_dtype)
 
     def init(params):

@@ -28,7 +28,7 @@ from gradtx.base import GradientTransformation, PyTree, ScalarOrSchedule, factor
 from gradtx.combine import chain
 from gradtx.ewa import debias_factor, zeros_like_tree
 from gradtx.optimizers import adamw
-from gradtx.scale import scale_by_learning_rate
+from gradtx.scale import learning_rate_step as _lr
 from gradtx.weight_decay import add_decayed_weights
 
 __all__ = [
@@ -49,18 +49,6 @@ __all__ = [
 ]
 
 _cast = numerics.cast
-
-
-def _check_moments(fn: str, b1, b2, eps, eps_root=0.0) -> None:
-    checks.check_decay(fn, "b1", b1)
-    checks.check_decay(fn, "b2", b2)
-    checks.check_non_negative(fn, "eps", eps)
-    checks.check_non_negative(fn, "eps_root", eps_root)
-
-
-def _lr(fn: str, learning_rate: ScalarOrSchedule) -> GradientTransformation:
-    checks.check_scalar_or_schedule(fn, "learning_rate", learning_rate)
-    return scale_by_learning_rate(learning_rate)
 
 
 def _debiased_momentum(b1: float, count: Array, nesterov: bool):
@@ -122,7 +110,7 @@ def scale_by_belief(
         ValueError: for decays outside $[0, 1)$ or negative `eps`/`eps_root`.
     """
     fn = "scale_by_belief"
-    _check_moments(fn, b1, b2, eps, eps_root)
+    checks.check_moments(fn, b1, b2, eps, eps_root)
     checks.check_bool(fn, "nesterov", nesterov)
 
     def init(params):
@@ -214,7 +202,7 @@ def scale_by_adamax(
         ValueError: for decays outside $[0, 1)$ or a negative `eps`.
     """
     fn = "scale_by_adamax"
-    _check_moments(fn, b1, b2, eps)
+    checks.check_moments(fn, b1, b2, eps)
 
     def init(params):
         return ScaleByAdamState(
@@ -338,7 +326,7 @@ def scale_by_yogi(
             `initial_accumulator_value` (a negative $v$ has no root).
     """
     fn = "scale_by_yogi"
-    _check_moments(fn, b1, b2, eps, eps_root)
+    checks.check_moments(fn, b1, b2, eps, eps_root)
     checks.check_non_negative(fn, "initial_accumulator_value", initial_accumulator_value)
 
     def init(params):
@@ -440,7 +428,7 @@ def scale_by_radam(
             `threshold` below 4 (where $r_t$ is the root of a negative number).
     """
     fn = "scale_by_radam"
-    _check_moments(fn, b1, b2, eps, eps_root)
+    checks.check_moments(fn, b1, b2, eps, eps_root)
     checks.check_finite(
         fn,
         "threshold",
@@ -631,7 +619,7 @@ def scale_by_novograd(
             passed and `weight_decay` is not 0.
     """
     fn = "scale_by_novograd"
-    _check_moments(fn, b1, b2, eps, eps_root)
+    checks.check_moments(fn, b1, b2, eps, eps_root)
     if callable(weight_decay):
         raise TypeError(
             f"{fn}: weight_decay must be a number, got the schedule {weight_decay!r}; "

@@ -141,6 +141,15 @@ def check_scalar_or_schedule(fn: str, name: str, value: Any, *, non_negative: bo
         as_float(fn, name, value)
 
 
+def check_moments(fn: str, b1: Any, b2: Any, eps: Any, eps_root: Any = 0.0) -> None:
+    """Adam-style moment arguments: decays $\\beta_1, \\beta_2 \\in [0, 1)$; both
+    $\\epsilon$'s $\\geq 0$."""
+    check_decay(fn, "b1", b1)
+    check_decay(fn, "b2", b2)
+    check_non_negative(fn, "eps", eps)
+    check_non_negative(fn, "eps_root", eps_root)
+
+
 def check_weight_decay(fn: str, name: str, value: Any) -> None:
     """An optimiser's weight decay: a number $\\geq 0$ or a schedule (None: no decay).
 

@@ -17,13 +17,8 @@ from gradtx.combine import chain
 from gradtx.ewa import bias_correction, ema
 from gradtx.momentum import trace
 from gradtx.rms import scale_by_rms, scale_by_rss, scale_by_stddev
-from gradtx.scale import scale_by_learning_rate
+from gradtx.scale import learning_rate_step as _lr
 from gradtx.weight_decay import add_decayed_weights
-
-
-def _lr(fn: str, learning_rate: ScalarOrSchedule) -> GradientTransformation:
-    checks.check_scalar_or_schedule(fn, "learning_rate", learning_rate)
-    return scale_by_learning_rate(learning_rate)
 
 
 def sgd(

@@ -92,3 +92,12 @@ def scale_by_learning_rate(
     else:
         inner = scale(sign * learning_rate)
     return GradientTransformation(inner.init, inner.update)
+
+
+def learning_rate_step(fn: str, learning_rate: ScalarOrSchedule) -> GradientTransformation:
+    """`scale_by_learning_rate(learning_rate)` for the optimiser `fn`, its rate checked first.
+
+    The last piece of every optimiser (a constant $\\geq 0$ or a schedule); an error names `fn`.
+    """
+    checks.check_scalar_or_schedule(fn, "learning_rate", learning_rate)
+    return scale_by_learning_rate(learning_rate)
